@@ -1,0 +1,59 @@
+"""One exception hierarchy for the whole tool.
+
+str() of every error is a one-line message meant for the user; the CLI prints it and maps the class to an exit
+code (`exit_code`), so no traceback ever reaches a terminal for an expected failure.
+"""
+
+from __future__ import annotations
+
+
+class SctpbondError(Exception):
+    """Base of all sctpbond errors; str() is a one-line message for the user."""
+
+    exit_code = 1
+
+
+class UsageError(SctpbondError):
+    """The command line or configuration is wrong (bad --path, unreadable key file, ...)."""
+
+    exit_code = 2
+
+
+class SctpUnavailableError(UsageError):
+    """Kernel SCTP (or pysctp) was asked for but this host does not have it."""
+
+
+class TransportError(SctpbondError):
+    """A socket could not be opened, connected or used."""
+
+
+class ConnectError(TransportError):
+    """No path to the peer could be established (unreachable, refused, timed out)."""
+
+
+class AddressInUseError(TransportError):
+    """The listening port is already taken."""
+
+
+class ProtocolError(SctpbondError):
+    """Base for violations of the sctpbond wire protocol."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not valid sctpbond (garbage, oversize frame, out-of-window data)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side misused the protocol core (a bug in the caller, not the peer's fault)."""
+
+
+class AuthError(ProtocolError):
+    """Authentication failed: the peers do not share the same key, or a join presented a wrong token."""
+
+
+class SessionAborted(SctpbondError):
+    """The peer aborted the session (ABORT frame) or the session cannot go on."""
+
+
+class TransferFailed(SctpbondError):
+    """The transfer did not complete: not every byte was delivered and acknowledged."""

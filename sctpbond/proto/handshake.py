@@ -1,0 +1,157 @@
+"""Per-connection handshake: HELLO -> WELCOME -> AUTH -> READY (docs/wire-format.md).
+
+Every connection (the first path and every path that joins later) runs the same four frames. The first path
+asks for a NEW session and receives its random 128-bit token; later paths JOIN by presenting it. With a
+pre-shared key, both sides prove knowledge of the key with HMAC-SHA256 over both fresh nonces, the token, the
+path id and the kind, so a captured handshake cannot be replayed and a stranger cannot attach a path.
+Randomness is passed in (nonces, tokens) so these objects stay deterministic and testable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import AuthError, RemoteProtocolError, SessionAborted
+from .frames import (
+    MAC_SIZE,
+    NONCE_SIZE,
+    TOKEN_SIZE,
+    Abort,
+    AbortCode,
+    Auth,
+    Frame,
+    Hello,
+    HelloKind,
+    Ready,
+    Welcome,
+)
+
+_ZERO_MAC = bytes(MAC_SIZE)
+_ZERO_TOKEN = bytes(TOKEN_SIZE)
+
+
+def proof(key: bytes, role: bytes, cnonce: bytes, snonce: bytes, token: bytes, path_id: int, kind: int) -> bytes:
+    """HMAC-SHA256 binding the key to this very handshake; role separates the two directions."""
+    msg = b"sctpbond v1 " + role + cnonce + snonce + token + struct.pack("!HB", path_id, kind)
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    token: bytes
+    path_id: int
+    kind: HelloKind
+    peer_window: int
+    peer_max_chunk: int
+    peer_addresses: tuple[str, ...] = ()
+
+
+def _raise_abort(frame: Abort) -> None:
+    if frame.code == AbortCode.AUTH:
+        raise AuthError(f"peer refused authentication: {frame.reason}")
+    raise SessionAborted(f"peer aborted: {frame.reason or frame.code.name.lower()}")
+
+
+class ClientHandshake:
+    """Dialling side. start() gives HELLO; receive(WELCOME) gives AUTH; receive(READY) finishes."""
+
+    def __init__(self, *, key: bytes | None, kind: HelloKind, token: bytes, path_id: int, nonce: bytes,
+                 window: int, max_chunk: int) -> None:
+        if len(nonce) != NONCE_SIZE or len(token) != TOKEN_SIZE:
+            raise ValueError("bad nonce or token size")
+        self.key, self.kind, self.token, self.path_id = key, kind, token, path_id
+        self.nonce, self.window, self.max_chunk = nonce, window, max_chunk
+        self.result: Negotiated | None = None
+        self._welcome: Welcome | None = None
+
+    def start(self) -> Hello:
+        return Hello(self.kind, self.path_id, self.token, self.nonce, self.window, self.max_chunk, self.key is not None)
+
+    def receive(self, frame: Frame) -> Frame | None:
+        """Returns the frame to send back, or None. Raises AuthError/SessionAborted/RemoteProtocolError."""
+        if isinstance(frame, Abort):
+            _raise_abort(frame)
+        if self._welcome is None:
+            if not isinstance(frame, Welcome):
+                raise RemoteProtocolError(f"expected WELCOME, got {type(frame).__name__.upper()}")
+            if self.kind == HelloKind.JOIN and frame.token != self.token:
+                raise RemoteProtocolError("listener answered a join with another session's token")
+            if self.key is not None:
+                expected = proof(self.key, b"server", self.nonce, frame.nonce, frame.token, self.path_id, self.kind)
+                if not hmac.compare_digest(expected, frame.mac):
+                    raise AuthError("authentication failed: the listener does not have the same key")
+                mac = proof(self.key, b"client", self.nonce, frame.nonce, frame.token, self.path_id, self.kind)
+            else:
+                mac = _ZERO_MAC
+            self._welcome = frame
+            return Auth(mac)
+        if not isinstance(frame, Ready):
+            raise RemoteProtocolError(f"expected READY, got {type(frame).__name__.upper()}")
+        w = self._welcome
+        self.result = Negotiated(w.token, self.path_id, self.kind, w.window, w.max_chunk, w.addresses)
+        return None
+
+
+class ServerHandshake:
+    """Listening side. receive(HELLO) gives WELCOME (or ABORT); receive(AUTH) gives READY (or ABORT).
+
+    `new_token()` supplies a token for a NEW session; `knows(token)` says whether a JOIN names a live session.
+    A failure raises after `reply` holds the ABORT to send, so the runtime can tell the peer why.
+    """
+
+    def __init__(self, *, key: bytes | None, nonce: bytes, window: int, max_chunk: int,
+                 new_token: Callable[[], bytes], knows: Callable[[bytes], bool],
+                 addresses: tuple[str, ...] = ()) -> None:
+        self.key, self.nonce, self.window, self.max_chunk = key, nonce, window, max_chunk
+        self._new_token, self._knows, self.addresses = new_token, knows, addresses
+        self.hello: Hello | None = None
+        self.token = _ZERO_TOKEN
+        self.result: Negotiated | None = None
+        self.reply: Frame | None = None
+
+    def _fail(self, exc: Exception, code: AbortCode, reason: str) -> None:
+        self.reply = Abort(code, reason)
+        raise exc
+
+    def receive(self, frame: Frame) -> Frame:
+        if isinstance(frame, Abort):
+            _raise_abort(frame)
+        if self.hello is None:
+            return self._on_hello(frame)
+        if not isinstance(frame, Auth):
+            self._fail(RemoteProtocolError("expected AUTH"), AbortCode.PROTOCOL, "expected AUTH")
+        assert isinstance(frame, Auth)
+        if self.key is not None:
+            h = self.hello
+            expected = proof(self.key, b"client", h.nonce, self.nonce, self.token, h.path_id, h.kind)
+            if not hmac.compare_digest(expected, frame.mac):
+                self._fail(AuthError("authentication failed: a peer presented a wrong key"), AbortCode.AUTH,
+                           "wrong key")
+        h = self.hello
+        self.result = Negotiated(self.token, h.path_id, h.kind, h.window, h.max_chunk)
+        return Ready()
+
+    def _on_hello(self, frame: Frame) -> Frame:
+        if not isinstance(frame, Hello):
+            self._fail(RemoteProtocolError("connection did not start with HELLO"), AbortCode.PROTOCOL,
+                       "expected HELLO")
+        assert isinstance(frame, Hello)
+        if frame.keyed != (self.key is not None):
+            why = ("the listener requires a key (--key-file / SCTPBOND_KEY)" if self.key is not None
+                   else "the listener has no key; give it the same --key-file")
+            self._fail(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, why)
+        if frame.kind == HelloKind.NEW:
+            self.token = self._new_token()
+        elif self._knows(frame.token):
+            self.token = frame.token
+        else:
+            self._fail(AuthError("a path tried to join an unknown session"), AbortCode.UNKNOWN_SESSION,
+                       "unknown session token")
+        self.hello = frame
+        mac = (proof(self.key, b"server", frame.nonce, self.nonce, self.token, frame.path_id, frame.kind)
+               if self.key is not None else _ZERO_MAC)
+        return Welcome(self.token, self.nonce, self.window, self.max_chunk, mac, self.addresses)

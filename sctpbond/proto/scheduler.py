@@ -1,0 +1,96 @@
+"""Path scheduler: how many new bytes each path may take now.
+
+Not round-robin. Each path gets a byte quota of `rate x delay_target` where `rate` is its measured delivery rate
+(from the per-path receive counters the peer echoes in every ACK) and `in_flight = sent - peer_received`. A path
+asks for work when its socket can take more (pull model); it gets a chunk only while in_flight < quota. So a
+fast path carries more, a slow one less, and every path holds about `delay_target` worth of data: chunks sent
+at the same moment arrive at about the same time, which keeps the receiver's reorder buffer small (the
+receive-buffer-blocking trap of CMT-SCTP, Iyengar et al. 2006). If a path is limited by its quota its rate
+sample is quota/delay, and since delay < target the quota grows until the link, not the quota, is the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PathState:
+    id: int
+    label: str = ""
+    alive: bool = True
+    sent: int = 0  # payload bytes put on this path (resends included)
+    peer_received: int = 0  # payload bytes the peer says arrived on this path
+    received: int = 0  # payload bytes that arrived here on this path
+    chunks_sent: int = 0
+    chunks_received: int = 0
+    resent_chunks: int = 0  # chunks this path carried for another (dead or slow) path
+    rate: float = 0.0  # delivery rate estimate, bytes/s
+    min_rtt: float | None = None
+    srtt: float | None = None
+    last_heard: float = 0.0  # when any frame last arrived on this path
+    up_since: float = 0.0
+    down_at: float | None = None
+    down_reason: str = ""
+    _sample_t: float = field(default=0.0, repr=False)
+    _sample_rx: int = field(default=0, repr=False)
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.peer_received
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    delay_target: float = 0.05  # seconds of data each path may hold in its queues
+    min_quota: int = 128 * 1024
+    initial_quota: int = 1 << 20
+    max_quota: int = 32 << 20
+    sample_interval: float = 0.05
+    max_chunk: int = 256 * 1024
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+
+    def quota(self, path: PathState) -> int:
+        cfg = self.config
+        if path.rate <= 0:
+            return cfg.initial_quota
+        # A long path needs at least two RTTs of data or its own quota would throttle it.
+        target = max(cfg.delay_target, 2 * (path.min_rtt or 0.0))
+        return int(min(cfg.max_quota, max(cfg.min_quota, path.rate * target)))
+
+    def grant(self, path: PathState) -> int:
+        """Bytes of new data `path` may take now (0: let the others work)."""
+        if not path.alive:
+            return 0
+        quota = self.quota(path)
+        budget = quota - path.in_flight
+        # Refuse slivers: a path waits until it can take a sizeable chunk, which keeps frames large.
+        if budget < min(self.config.max_chunk, quota // 2):
+            return 0
+        return min(self.config.max_chunk, budget)
+
+    def on_peer_received(self, path: PathState, value: int, now: float) -> None:
+        """The peer reports `value` payload bytes received on `path` (cumulative): update the rate estimate."""
+        if value <= path.peer_received:
+            return
+        if path._sample_t == 0.0:
+            path._sample_t, path._sample_rx = now, path.peer_received
+        path.peer_received = value
+        elapsed = now - path._sample_t
+        if elapsed >= self.config.sample_interval:
+            sample = (value - path._sample_rx) / elapsed
+            path.rate = sample if path.rate <= 0 else 0.6 * path.rate + 0.4 * sample
+            path._sample_t, path._sample_rx = now, value
+
+    def on_idle(self, path: PathState, now: float) -> None:
+        """Nothing in flight: restart the sample so idle time does not count as slowness."""
+        path._sample_t, path._sample_rx = now, path.peer_received
+
+    @staticmethod
+    def on_rtt(path: PathState, sample: float) -> None:
+        path.min_rtt = sample if path.min_rtt is None else min(path.min_rtt, sample)
+        path.srtt = sample if path.srtt is None else 0.875 * path.srtt + 0.125 * sample

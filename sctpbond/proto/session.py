@@ -1,0 +1,371 @@
+"""The sans-IO session: one duplex byte stream over many paths.
+
+Ties the send buffer, the scheduler and the reorder buffer together. The runtime feeds it frames received on a
+path (`receive`), asks it what to send on a path (`next_frame`), moves application bytes in (`write`) and out
+(`read`/`consumed`), and calls `handle_timer(now)`. Time is always an argument; nothing here blocks or touches a
+socket. After each call the runtime reads `take_wake()` to know which of its waiting threads to wake.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import RemoteProtocolError, SessionAborted, SctpbondError
+from .frames import MAX_PATH_COUNTERS, Abort, AbortCode, Ack, Data, Fin, Frame, Ping, Pong
+from .reorder import Chunk, ReorderBuffer
+from .scheduler import PathState, Scheduler, SchedulerConfig
+from .sendbuf import Buffer, SendBuffer
+
+MiB = 1 << 20
+
+
+class Wake(enum.IntFlag):
+    NONE = 0
+    READ = 1  # in-order data for the application
+    WRITE = 2  # send buffer space for the application
+    SEND = 4  # some path may have a frame to send
+    STATE = 8  # completion, failure or path change
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    window: int = 64 * MiB  # reorder buffer cap we advertise (bytes held for the application)
+    send_cap: int = 64 * MiB  # unacknowledged bytes we keep for resending
+    max_chunk: int = 256 * 1024
+    ping_interval: float = 0.2
+    dead_after: float = 1.5  # silence on a path for this long means it is dead (blackhole detection)
+    ack_bytes: int = 256 * 1024
+    ack_delay: float = 0.02
+    fin_retry: float = 1.0
+    max_paths: int = MAX_PATH_COUNTERS
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+class Session:
+    def __init__(self, config: SessionConfig, *, peer_window: int, peer_max_chunk: int, now: float) -> None:
+        self.config = config
+        self.peer_window = peer_window
+        self.chunk = max(1, min(config.max_chunk, peer_max_chunk))
+        sched_cfg = config.scheduler
+        if sched_cfg.max_chunk != self.chunk:
+            sched_cfg = SchedulerConfig(**{**sched_cfg.__dict__, "max_chunk": self.chunk})
+        self.scheduler = Scheduler(sched_cfg)
+        self.sendbuf = SendBuffer(min(config.send_cap, peer_window))
+        self.reorder = ReorderBuffer(config.window)
+        self.paths: dict[int, PathState] = {}
+        self.started = now
+        self.failure: SctpbondError | None = None
+        self.peer_fin: int | None = None
+        self.fin_acked = False
+        self._fin_sent_at: float | None = None
+        self._ctrl: dict[int, deque[Frame]] = {}
+        self._ack_due: set[int] = set()
+        self._unacked_rx = 0  # payload bytes received or consumed since the last ACK we sent
+        self._unacked_since: float | None = None
+        self._last_rx_path: int | None = None
+        self._last_ping: dict[int, float] = {}
+        self._wake = Wake.NONE
+        self.resent_bytes = 0
+
+    # -- bookkeeping helpers -----------------------------------------------------------------------------------
+    def take_wake(self) -> Wake:
+        wake, self._wake = self._wake, Wake.NONE
+        return wake
+
+    @property
+    def alive_paths(self) -> list[PathState]:
+        return [p for p in self.paths.values() if p.alive]
+
+    @property
+    def send_done(self) -> bool:
+        return self.sendbuf.all_acked and self.fin_acked
+
+    @property
+    def recv_done(self) -> bool:
+        return self.peer_fin is not None and self.reorder.consumed >= self.peer_fin
+
+    @property
+    def complete(self) -> bool:
+        return self.failure is None and self.send_done and self.recv_done
+
+    def _queue(self, pid: int, frame: Frame) -> None:
+        self._ctrl[pid].append(frame)
+        self._wake |= Wake.SEND
+
+    # -- paths ----------------------------------------------------------------------------------------------------
+    def add_path(self, pid: int, now: float, label: str = "") -> PathState:
+        """A connection finished its handshake for this session (first time, or re-joining after a failure)."""
+        path = self.paths.get(pid)
+        if path is None:
+            if len(self.paths) >= self.config.max_paths:
+                raise RemoteProtocolError(f"more than {self.config.max_paths} paths in one session")
+            path = self.paths[pid] = PathState(pid, label)
+        else:  # re-join: counters restart with the new connection on both sides
+            path.sent = path.peer_received = path.received = 0
+            path.rate = 0.0
+            path._sample_t = 0.0
+        path.alive, path.last_heard, path.up_since, path.down_at = True, now, now, None
+        self._ctrl[pid] = deque()
+        self._last_ping[pid] = now
+        if self.sendbuf.eof and not self.fin_acked:
+            self._queue(pid, Fin(self.sendbuf.written))
+        self._wake |= Wake.SEND | Wake.STATE
+        return path
+
+    def fail_path(self, pid: int, reason: str, now: float) -> int:
+        """A path is gone (error, EOF or silence). Its unacknowledged chunks go back to be sent elsewhere."""
+        path = self.paths.get(pid)
+        if path is None or not path.alive:
+            return 0
+        path.alive, path.down_at, path.down_reason = False, now, reason
+        self._ctrl[pid].clear()
+        self._ack_due.discard(pid)
+        requeued = self.sendbuf.requeue_path(pid)
+        if self.sendbuf.eof and not self.fin_acked:
+            for other in self.alive_paths:  # the FIN may have been lost with this path
+                self._queue(other.id, Fin(self.sendbuf.written))
+        self._wake |= Wake.SEND | Wake.STATE
+        return requeued
+
+    # -- application side --------------------------------------------------------------------------------------
+    def send_space(self) -> int:
+        return self.sendbuf.space()
+
+    def write(self, data: Buffer) -> None:
+        self.sendbuf.write(data)
+        self._wake |= Wake.SEND
+
+    def close_send(self, now: float) -> None:
+        """Local end of stream: send FIN (on every path, so one dying path cannot lose it)."""
+        if self.sendbuf.eof:
+            return
+        self.sendbuf.close()
+        self._fin_sent_at = now
+        for path in self.alive_paths:
+            self._queue(path.id, Fin(self.sendbuf.written))
+        self._wake |= Wake.STATE
+
+    def read(self) -> list[Chunk]:
+        """In-order received data the application has not taken yet."""
+        return self.reorder.pop_ready()
+
+    def consumed(self, nbytes: int, now: float) -> None:
+        """The application wrote out nbytes of what read() gave: slide the window and acknowledge."""
+        self.reorder.consume(nbytes)
+        self._note_unacked(nbytes, now)
+        if self.recv_done:
+            self._ack_due.update(p.id for p in self.alive_paths)  # the closing ACK goes everywhere
+            self._wake |= Wake.SEND | Wake.STATE
+        elif self._unacked_rx >= self.config.ack_bytes or self.reorder.unconsumed == 0:
+            self._request_ack()
+
+    def _note_unacked(self, nbytes: int, now: float) -> None:
+        self._unacked_rx += nbytes
+        if self._unacked_since is None:
+            self._unacked_since = now
+
+    def _request_ack(self, pid: int | None = None) -> None:
+        if pid is None or not self.paths[pid].alive:
+            pid = self._last_rx_path
+        if pid is None or not self.paths[pid].alive:
+            alive = self.alive_paths
+            if not alive:
+                return
+            pid = alive[0].id
+        self._ack_due.add(pid)
+        self._wake |= Wake.SEND
+
+    # -- network side ------------------------------------------------------------------------------------------
+    def receive(self, pid: int, frame: Frame, now: float) -> None:
+        """Process one frame that arrived on path pid. Raises RemoteProtocolError / SessionAborted."""
+        path = self.paths[pid]
+        path.last_heard = now
+        if isinstance(frame, Data):
+            self._on_data(path, frame, now)
+        elif isinstance(frame, Ack):
+            self._on_ack(frame, now)
+        elif isinstance(frame, Ping):
+            self._queue(pid, Pong(frame.opaque))
+        elif isinstance(frame, Pong):
+            rtt = now - frame.opaque / 1e6
+            if 0 <= rtt < 600:
+                self.scheduler.on_rtt(path, rtt)
+        elif isinstance(frame, Fin):
+            self._on_fin(frame)
+        elif isinstance(frame, Abort):
+            self.failure = SessionAborted(f"peer aborted the session: {frame.reason or frame.code.name.lower()}")
+            self._wake |= Wake.STATE | Wake.READ | Wake.WRITE
+        else:
+            raise RemoteProtocolError(f"unexpected {type(frame).__name__.upper()} frame during the session")
+
+    def _on_data(self, path: PathState, frame: Data, now: float) -> None:
+        size = len(frame.payload)
+        if self.peer_fin is not None and frame.offset + size > self.peer_fin:
+            raise RemoteProtocolError("DATA past the end announced by FIN")
+        path.received += size
+        path.chunks_received += 1
+        self._last_rx_path = path.id
+        if self.reorder.add(frame.offset, frame.payload):
+            self._wake |= Wake.READ
+        self._note_unacked(size, now)
+        if self._unacked_rx >= self.config.ack_bytes:
+            self._request_ack(path.id)
+
+    def _on_ack(self, ack: Ack, now: float) -> None:
+        if self.sendbuf.on_ack(ack.delivered):
+            self._wake |= Wake.WRITE | Wake.SEND
+        for pid, received in ack.received:
+            path = self.paths.get(pid)
+            if path is not None and path.alive and received <= path.sent:
+                before = path.in_flight
+                self.scheduler.on_peer_received(path, received, now)
+                if path.in_flight < before:
+                    self._wake |= Wake.SEND
+        if ack.fin and self.sendbuf.eof and not self.fin_acked:
+            self.fin_acked = True
+            self._wake |= Wake.STATE
+        if self.send_done:
+            self._wake |= Wake.STATE
+
+    def _on_fin(self, fin: Fin) -> None:
+        if self.peer_fin is not None:
+            if fin.total != self.peer_fin:
+                raise RemoteProtocolError("peer sent two FINs with different lengths")
+            self._request_ack()  # our ACK of the FIN may have been lost: say it again
+            return
+        if fin.total < self.reorder.next_offset:
+            raise RemoteProtocolError("FIN announces less data than already arrived")
+        self.peer_fin = fin.total
+        self._request_ack()
+        if self.recv_done:
+            self._ack_due.update(p.id for p in self.alive_paths)
+        self._wake |= Wake.STATE | Wake.READ
+
+    def next_frame(self, pid: int, now: float) -> Frame | None:
+        """The next frame path pid should send, or None (the path waits for a wake)."""
+        path = self.paths.get(pid)
+        if path is None or not path.alive:
+            return None
+        ctrl = self._ctrl[pid]
+        if ctrl:
+            return ctrl.popleft()
+        if pid in self._ack_due:
+            return self._make_ack(pid)
+        if self.failure is not None:
+            return None
+        return self._next_data(path, now)
+
+    def _make_ack(self, pid: int) -> Ack:
+        self._ack_due.discard(pid)
+        self._unacked_rx, self._unacked_since = 0, None
+        counters = tuple((p.id, p.received) for p in self.paths.values())
+        return Ack(self.reorder.consumed, counters, self.peer_fin is not None)
+
+    def _next_data(self, path: PathState, now: float) -> Data | None:
+        sb = self.sendbuf
+        if sb.resend_pending:
+            chunk = sb.take_resend(path.id)
+            if chunk is not None:
+                path.resent_chunks += 1
+                self.resent_bytes += len(chunk.data)
+                return self._account(path, chunk.offset, chunk.data)
+        grant = self.scheduler.grant(path)
+        if grant <= 0:
+            return None
+        limit = min(grant, sb.acked + self.peer_window - sb.sent_offset)
+        chunk = sb.take_new(limit, path.id)
+        if chunk is not None:
+            return self._account(path, chunk.offset, chunk.data)
+        if path.in_flight == 0:
+            self.scheduler.on_idle(path, now)
+        return self._reinject(path)
+
+    def _reinject(self, path: PathState) -> Data | None:
+        """Opportunistic reinjection (as MPTCP does): when we are blocked (tail of the stream, or the buffer is
+        full) and this path is idle, send again the oldest chunk still waiting on a slower or dead path, once."""
+        sb = self.sendbuf
+        if not (sb.eof or sb.space() < self.chunk):
+            return None
+        for i, chunk in enumerate(sb.iter_unacked()):
+            if i >= 32:
+                break
+            if chunk.sends > 1 or chunk.queued or chunk.path == path.id:
+                continue
+            owner = self.paths.get(chunk.path)
+            if owner is not None and owner.alive and 2 * owner.rate >= path.rate:
+                continue  # its own path is not much slower: it will arrive about as soon
+            chunk.path, chunk.sends = path.id, chunk.sends + 1
+            path.resent_chunks += 1
+            self.resent_bytes += len(chunk.data)
+            return self._account(path, chunk.offset, chunk.data)
+        return None
+
+    @staticmethod
+    def _account(path: PathState, offset: int, data: memoryview) -> Data:
+        path.sent += len(data)
+        path.chunks_sent += 1
+        return Data(offset, data)
+
+    # -- time ------------------------------------------------------------------------------------------------------
+    def handle_timer(self, now: float) -> list[int]:
+        """Pings, delayed ACKs, FIN retries and silence detection. Returns ids of paths that just failed."""
+        cfg = self.config
+        failed: list[int] = []
+        for path in self.alive_paths:
+            if now - path.last_heard > cfg.dead_after:
+                failed.append(path.id)
+                continue
+            if now - self._last_ping[path.id] >= cfg.ping_interval:
+                self._last_ping[path.id] = now
+                self._queue(path.id, Ping(int(now * 1e6) & 0xFFFF_FFFF_FFFF_FFFF))
+        for pid in failed:
+            silent = now - self.paths[pid].last_heard
+            self.fail_path(pid, f"no answer for {silent:.1f} s", now)
+        if self._unacked_since is not None and now - self._unacked_since >= cfg.ack_delay:
+            self._request_ack()
+            self._unacked_since = None
+        if self.sendbuf.eof and not self.fin_acked and self._fin_sent_at is not None:
+            if now - self._fin_sent_at >= cfg.fin_retry and self.sendbuf.acked >= self.sendbuf.written:
+                self._fin_sent_at = now
+                for path in self.alive_paths:
+                    self._queue(path.id, Fin(self.sendbuf.written))
+        return failed
+
+    def abort(self, code: AbortCode, reason: str, error: SctpbondError) -> None:
+        """Give up: tell the peer why on every path and record the local error."""
+        if self.failure is None:
+            self.failure = error
+        for path in self.alive_paths:
+            self._ctrl[path.id].clear()
+            self._ctrl[path.id].append(Abort(code, reason))
+        self._wake |= Wake.SEND | Wake.STATE | Wake.READ | Wake.WRITE
+
+    # -- reporting -------------------------------------------------------------------------------------------------
+    def stats(self, now: float) -> dict:
+        elapsed = max(now - self.started, 1e-9)
+        paths = []
+        for p in self.paths.values():
+            paths.append({
+                "id": p.id, "label": p.label, "alive": p.alive,
+                "bytes_sent": p.sent, "bytes_received": p.received,
+                "chunks_sent": p.chunks_sent, "chunks_received": p.chunks_received,
+                "resent_chunks": p.resent_chunks,
+                "send_mbit_s": round(p.sent * 8 / elapsed / 1e6, 2),
+                "recv_mbit_s": round(p.received * 8 / elapsed / 1e6, 2),
+                "rate_estimate_mbit_s": round(p.rate * 8 / 1e6, 2),
+                "srtt_ms": None if p.srtt is None else round(p.srtt * 1e3, 2),
+                "down_reason": p.down_reason or None,
+            })
+        return {
+            "elapsed_s": round(elapsed, 3),
+            "bytes_sent": self.sendbuf.written, "bytes_acked": self.sendbuf.acked,
+            "bytes_received": self.reorder.consumed,
+            "resent_bytes": self.resent_bytes,
+            "duplicate_bytes_dropped": self.reorder.stats.duplicate_bytes,
+            "peak_reorder_bytes": self.reorder.stats.peak_buffered,
+            "send_mbit_s": round(self.sendbuf.acked * 8 / elapsed / 1e6, 2),
+            "recv_mbit_s": round(self.reorder.consumed * 8 / elapsed / 1e6, 2),
+            "paths": paths,
+        }

@@ -1,0 +1,310 @@
+"""Threaded driver for one Session: the only place with threads, clocks and file descriptors.
+
+One sender and one receiver thread per path channel (blocking calls release the GIL, so paths overlap; measured
+faster than a selector loop, see docs/design.md), one thread pumping the application's input in, one pumping
+in-order output out, and a ticker for the core's timers. Every call into the core holds one lock; the core's
+`take_wake()` says which waiting threads to wake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import RemoteProtocolError, SctpbondError, SessionAborted, TransferFailed, TransportError
+from ..proto.frames import AbortCode, Data, decode, data_prefix, encode
+from ..proto.session import Session, Wake
+from ..transport.base import Channel
+
+LOG = logging.getLogger("sctpbond")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    path_timeout: float = 30.0  # all paths down this long: give up
+    peer_gone_grace: float = 2.0  # all paths closed/reset by the peer (not silent): the peer process is gone
+    close_timeout: float = 3.0  # after completion, how long to wait for the peer's orderly close
+    tick: float = 0.02
+    read_block: int = 1 << 20
+
+
+def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class SessionRunner:
+    def __init__(self, session: Session, *, source_fd: int | None, sink_fd: int | None,
+                 config: RunnerConfig = RunnerConfig(),
+                 on_path_down: Callable[[int, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.session = session
+        self.source_fd, self.sink_fd = source_fd, sink_fd
+        self.config, self.clock = config, clock
+        self.on_path_down = on_path_down
+        self.lock = threading.Lock()
+        self._cond_read = threading.Condition(self.lock)
+        self._cond_write = threading.Condition(self.lock)
+        self._cond_state = threading.Condition(self.lock)
+        self._send_conds: dict[int, threading.Condition] = {}
+        self.channels: dict[int, Channel] = {}
+        self.labels: dict[int, str] = {}
+        self._threads: list[threading.Thread] = []
+        self._closing = False
+        self._stop = threading.Event()
+        self._all_down_since: float | None = None
+        self._peer_closed: set[int] = set()  # paths the peer closed or reset (vs. went silent)
+        self.output_bytes = 0
+
+    # -- plumbing -----------------------------------------------------------------------------------------------
+    def _spawn(self, name: str, target: Callable, *args: object) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _wake(self) -> None:
+        """Call with the lock held after touching the session."""
+        wake = self.session.take_wake()
+        if not wake:
+            return
+        if wake & Wake.STATE:
+            self._cond_state.notify_all()
+            wake |= Wake.READ | Wake.WRITE
+        if wake & Wake.READ:
+            self._cond_read.notify_all()
+        if wake & Wake.WRITE:
+            self._cond_write.notify_all()
+        if wake & Wake.SEND:
+            for cond in self._send_conds.values():
+                cond.notify()
+
+    @property
+    def finished(self) -> bool:
+        return self.session.failure is not None or self.session.complete
+
+    def _fail(self, code: AbortCode, error: SctpbondError) -> None:
+        """Lock held: give up the session with a local error, telling the peer why."""
+        self.session.abort(code, str(error), error)
+        self._wake()
+
+    # -- paths ----------------------------------------------------------------------------------------------------
+    def attach(self, pid: int, channel: Channel) -> None:
+        """A channel finished its handshake for path pid (new path, or a re-join replacing a dead one)."""
+        old = None
+        with self.lock:
+            if self._closing:
+                channel.abort()
+                channel.close()
+                return
+            old = self.channels.get(pid)
+            self.channels[pid] = channel
+            self.labels[pid] = channel.label
+            self._send_conds.setdefault(pid, threading.Condition(self.lock))
+            self._peer_closed.discard(pid)
+            self.session.add_path(pid, self.clock(), channel.label)
+            self._all_down_since = None
+            self._wake()
+        if old is not None:
+            old.abort()
+        self._spawn(f"send-{pid}", self._sender, pid, channel)
+        self._spawn(f"recv-{pid}", self._receiver, pid, channel)
+
+    def _path_down(self, pid: int, channel: Channel, reason: str, peer_closed: bool) -> None:
+        with self.lock:
+            if self.channels.get(pid) is not channel:
+                return  # superseded by a re-join
+            path = self.session.paths[pid]
+            was_alive = path.alive
+            if peer_closed:
+                self._peer_closed.add(pid)
+            if was_alive and not self._closing:
+                requeued = self.session.fail_path(pid, reason, self.clock())
+                LOG.warning(f"path {pid} ({channel.label}) down: {reason}; {requeued} bytes to resend elsewhere")
+            self._wake()
+        channel.abort()
+        if was_alive and not self._closing and self.on_path_down is not None:
+            self.on_path_down(pid, reason)
+
+    def _sender(self, pid: int, channel: Channel) -> None:
+        session, cond = self.session, self._send_conds[pid]
+        try:
+            while True:
+                with self.lock:
+                    while True:
+                        if self.channels.get(pid) is not channel or not session.paths[pid].alive:
+                            return
+                        frame = session.next_frame(pid, self.clock())
+                        if frame is not None:
+                            break
+                        if self._closing:
+                            channel.shutdown_write()
+                            return
+                        cond.wait(0.25)
+                if isinstance(frame, Data):
+                    channel.send((data_prefix(frame.offset, len(frame.payload)), frame.payload))
+                else:
+                    channel.send((encode(frame),))
+        except TransportError as exc:
+            self._path_down(pid, channel, str(exc), peer_closed=True)
+
+    def _receiver(self, pid: int, channel: Channel) -> None:
+        session = self.session
+        try:
+            while True:
+                buf = channel.recv()
+                if buf is None:
+                    with self.lock:
+                        done = self._closing or self.session.complete
+                    if not done:
+                        self._path_down(pid, channel, "closed by the peer", peer_closed=True)
+                    return
+                frame = decode(buf)
+                with self.lock:
+                    if self.channels.get(pid) is not channel:
+                        return
+                    session.receive(pid, frame, self.clock())
+                    self._wake()
+        except RemoteProtocolError as exc:
+            with self.lock:
+                self._fail(AbortCode.PROTOCOL, RemoteProtocolError(f"path {pid}: {exc}"))
+        except TransportError as exc:
+            with self.lock:
+                closing = self._closing
+            if not closing:
+                self._path_down(pid, channel, str(exc), peer_closed=True)
+
+    # -- application side ----------------------------------------------------------------------------------------
+    def _input_pump(self) -> None:
+        session, fd = self.session, self.source_fd
+        block = min(self.config.read_block, session.sendbuf.cap)
+        while True:
+            try:
+                data = os.read(fd, block) if fd is not None else b""
+            except OSError as exc:
+                with self.lock:
+                    self._fail(AbortCode.CANCELLED, TransferFailed(f"cannot read input: {exc.strerror or exc}"))
+                return
+            with self.lock:
+                if not data:
+                    session.close_send(self.clock())
+                    self._wake()
+                    return
+                while session.send_space() < len(data) and not self.finished:
+                    self._cond_write.wait(0.5)
+                if self.finished:
+                    return
+                session.write(data)
+                self._wake()
+
+    def _output_pump(self) -> None:
+        session, fd = self.session, self.sink_fd
+        while True:
+            with self.lock:
+                while not (chunks := session.read()):
+                    if session.failure is not None or session.recv_done:
+                        return
+                    self._cond_read.wait(0.5)
+            total = 0
+            try:
+                for chunk in chunks:
+                    if fd is not None:
+                        _write_all(fd, chunk)
+                    total += len(chunk)
+            except OSError as exc:
+                with self.lock:
+                    self._fail(AbortCode.CANCELLED, TransferFailed(f"cannot write output: {exc.strerror or exc}"))
+                return
+            with self.lock:
+                self.output_bytes += total
+                session.consumed(total, self.clock())
+                self._wake()
+
+    def _ticker(self) -> None:
+        cfg = self.config
+        while not self._stop.wait(cfg.tick):
+            down: list[tuple[int, Channel]] = []
+            with self.lock:
+                now = self.clock()
+                for pid in self.session.handle_timer(now):
+                    channel = self.channels[pid]
+                    LOG.warning(f"path {pid} ({channel.label}) down: {self.session.paths[pid].down_reason}")
+                    down.append((pid, channel))
+                self._check_all_down(now)
+                self._wake()
+            for pid, channel in down:
+                channel.abort()
+                if self.on_path_down is not None:
+                    self.on_path_down(pid, self.session.paths[pid].down_reason)
+
+    def _check_all_down(self, now: float) -> None:
+        session = self.session
+        if self.finished or session.alive_paths or not session.paths:
+            self._all_down_since = None
+            return
+        if self._all_down_since is None:
+            self._all_down_since = now
+            LOG.warning(f"all paths are down; waiting up to {self.config.path_timeout:g} s for one to come back")
+        waited = now - self._all_down_since
+        peer_gone = self._peer_closed >= set(session.paths)
+        if waited >= self.config.path_timeout or (peer_gone and waited >= self.config.peer_gone_grace):
+            why = "the peer closed every path" if peer_gone else f"no path came back within {waited:.0f} s"
+            error = TransferFailed(
+                f"transfer failed: {why}; sent {session.sendbuf.acked} bytes acknowledged of "
+                f"{session.sendbuf.written}, received {session.reorder.consumed} bytes"
+                + ("" if session.peer_fin is None else f" of {session.peer_fin}")
+            )
+            session.abort(AbortCode.TIMEOUT, why, error)
+
+    # -- running ---------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Move data until both directions are complete, or raise the reason they cannot be."""
+        self._spawn("input", self._input_pump)
+        self._spawn("output", self._output_pump)
+        self._spawn("ticker", self._ticker)
+        try:
+            with self.lock:
+                while not self.finished:
+                    self._cond_state.wait(0.5)
+        except KeyboardInterrupt:
+            with self.lock:
+                self._fail(AbortCode.CANCELLED, SessionAborted("interrupted"))
+        finally:
+            self._shutdown()
+        if self.session.failure is not None:
+            raise self.session.failure
+
+    def _shutdown(self) -> None:
+        """Let the senders flush (closing ACKs, ABORT) and shut down writes; after a success also wait for the
+        peer's orderly close, so that our last ACK is not lost to a reset."""
+        with self.lock:
+            self._closing = True
+            for cond in self._send_conds.values():
+                cond.notify_all()
+            channels = dict(self.channels)
+            success = self.session.failure is None
+        deadline = time.monotonic() + self.config.close_timeout
+        wait_for = ("send-", "recv-") if success else ("send-",)
+        for t in list(self._threads):
+            if t.name.startswith(wait_for):
+                t.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        for channel in channels.values():
+            channel.abort()
+            channel.close()
+
+    def stats(self) -> dict:
+        with self.lock:
+            stats = self.session.stats(self.clock())
+            for entry in stats["paths"]:
+                channel = self.channels.get(entry["id"])
+                entry["transport"] = channel.transport if channel else None
+                if channel is not None:
+                    entry["transport_info"] = channel.info()
+        stats["output_bytes"] = self.output_bytes
+        return stats

@@ -1,0 +1,92 @@
+"""What every transport provides: a Channel carries whole frames over one path; a Listener accepts Channels.
+
+Transports move bytes and report socket trouble as TransportError; they never decide protocol matters (that is
+the sans-IO core's job), so TCP and SCTP plug into the same runtime unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+from collections.abc import Sequence
+
+from ..errors import AddressInUseError, ConnectError, TransportError, UsageError
+
+Buffer = bytes | bytearray | memoryview
+
+
+class Channel(abc.ABC):
+    """One connected socket of one path. send/recv are blocking and may be used from two threads at once."""
+
+    transport: str = "?"
+    local: tuple[str, int] = ("", 0)
+    remote: tuple[str, int] = ("", 0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.local[0]}->{self.remote[0]}:{self.remote[1]}"
+
+    @abc.abstractmethod
+    def send(self, parts: Sequence[Buffer]) -> None:
+        """Send exactly one frame made of `parts` (header, body...)."""
+
+    @abc.abstractmethod
+    def recv(self) -> memoryview | None:
+        """Receive exactly one whole frame; None on an orderly end of stream at a frame boundary."""
+
+    @abc.abstractmethod
+    def shutdown_write(self) -> None:
+        """No more frames from us (the peer reads EOF after the last one)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Tear the path down now; wakes any thread blocked in send/recv."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def set_timeout(self, seconds: float | None) -> None:  # handshakes are bounded; data threads block freely
+        """Bound blocking calls (None: block forever)."""
+
+    def info(self) -> dict:
+        """Transport-level details for --stats-json (SCTP: state, srtt, cwnd, rto)."""
+        return {}
+
+
+class Listener(abc.ABC):
+    transport: str = "?"
+
+    @abc.abstractmethod
+    def accept(self, timeout: float | None) -> Channel | None:
+        """The next incoming connection, or None when `timeout` passes."""
+
+    @abc.abstractmethod
+    def addresses(self) -> list[tuple[str, int]]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def connect_error(exc: OSError, remote: tuple[str, int], local: str | None, timeout: float) -> Exception:
+    """Turn a failed connect into a one-line, actionable error."""
+    where = f"{remote[0]}:{remote[1]}" + (f" from {local}" if local else "")
+    if isinstance(exc, TimeoutError):
+        return ConnectError(f"no answer from {where} within {timeout:g} s")
+    code = exc.errno
+    if code == errno.ECONNREFUSED:
+        return ConnectError(f"connection refused by {where} (is `sctpbond listen` running there?)")
+    if code in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN):
+        return ConnectError(f"cannot reach {where}: {exc.strerror}")
+    if code == errno.EADDRNOTAVAIL and local:
+        return UsageError(f"local address {local} is not an address of this host")
+    return ConnectError(f"cannot connect to {where}: {exc.strerror or exc}")
+
+
+def bind_error(exc: OSError, addr: str, port: int) -> Exception:
+    if exc.errno == errno.EADDRINUSE:
+        return AddressInUseError(f"port {port} is already in use on {addr or '*'} (another listener?)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return UsageError(f"cannot listen on {addr}: not an address of this host")
+    if exc.errno == errno.EACCES:
+        return UsageError(f"not allowed to listen on port {port} (ports below 1024 need root)")
+    return TransportError(f"cannot listen on {addr or '*'}:{port}: {exc.strerror or exc}")

@@ -1,0 +1,150 @@
+"""TCP transport: one TCP connection per path (or K per path with --multiplier), frames back to back.
+
+The fallback where the kernel has no SCTP, and the way to spread over a LAG whose hash pins each connection to
+one member. Frames are read as header then body, straight into one buffer (no re-copy of payloads).
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+from collections.abc import Sequence
+
+from ..errors import RemoteProtocolError, TransportError
+from ..proto.frames import HEADER_SIZE, parse_header
+from .base import Buffer, Channel, Listener, bind_error, connect_error
+
+
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+class TcpChannel(Channel):
+    transport = "tcp"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.local = sock.getsockname()[:2]
+        self.remote = sock.getpeername()[:2]
+        self._header = bytearray(HEADER_SIZE)
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+    def send(self, parts: Sequence[Buffer]) -> None:
+        try:
+            sent = self.sock.sendmsg(parts)
+            total = sum(len(p) for p in parts)
+            if sent < total:  # interrupted or timed out half-way: finish the frame byte-exact
+                rest = b"".join(bytes(p) for p in parts)[sent:]
+                self.sock.sendall(rest)
+        except OSError as exc:
+            raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
+
+    def _recv_exact(self, view: memoryview) -> bool:
+        """Fill `view`; False if the stream ended before the first byte."""
+        got = 0
+        while got < len(view):
+            try:
+                n = self.sock.recv_into(view[got:], len(view) - got, socket.MSG_WAITALL)
+            except OSError as exc:
+                raise TransportError(f"receive on {self.label} failed: {exc.strerror or exc}") from None
+            if n == 0:
+                if got == 0:
+                    return False
+                raise TransportError(f"{self.label} closed in the middle of a frame")
+            got += n
+        return True
+
+    def recv(self) -> memoryview | None:
+        header = memoryview(self._header)
+        if not self._recv_exact(header):
+            return None
+        _, length = parse_header(header)
+        buf = bytearray(HEADER_SIZE + length)
+        buf[:HEADER_SIZE] = header
+        view = memoryview(buf)
+        if length and not self._recv_exact(view[HEADER_SIZE:]):
+            raise RemoteProtocolError(f"{self.label} closed in the middle of a frame")
+        return view
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 5.0) -> TcpChannel:
+    host, port = remote
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        if local:
+            sock.bind((local, 0))
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.settimeout(None)
+        return TcpChannel(sock)
+    except OSError as exc:
+        sock.close()
+        raise connect_error(exc, remote, local, timeout) from None
+
+
+class TcpListener(Listener):
+    transport = "tcp"
+
+    def __init__(self, binds: Sequence[str], port: int, backlog: int = 128) -> None:
+        self._socks: list[socket.socket] = []
+        self._sel = selectors.DefaultSelector()
+        try:
+            for addr in binds:
+                sock = socket.socket(_family(addr), socket.SOCK_STREAM)
+                self._socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if sock.family == socket.AF_INET6 and addr in ("::", ""):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                try:
+                    sock.bind((addr, port))
+                except OSError as exc:
+                    raise bind_error(exc, addr, port) from None
+                sock.listen(backlog)
+                sock.setblocking(False)
+                self._sel.register(sock, selectors.EVENT_READ)
+        except BaseException:
+            self.close()
+            raise
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [s.getsockname()[:2] for s in self._socks]
+
+    def accept(self, timeout: float | None) -> TcpChannel | None:
+        for key, _ in self._sel.select(timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            conn.setblocking(True)
+            try:
+                return TcpChannel(conn)
+            except OSError:  # peer already gone (e.g. a port scan)
+                conn.close()
+        return None
+
+    def close(self) -> None:
+        self._sel.close()
+        for sock in self._socks:
+            sock.close()
+
+Listener = TcpListener
