@@ -1,0 +1,110 @@
+"""Run real `sctpbond listen` / `sctpbond connect` processes inside a topology and check what arrived."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sctpbond.topology import Network
+
+SCTPBOND = [sys.executable, "-m", "sctpbond"]
+PORT = 7300
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def random_file(path: Path, size: int) -> Path:
+    """Incompressible test data (os.urandom), written in 4 MiB pieces to bound memory."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def wait_listening(net: Network, host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = net.run(host, ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if out.strip():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port} in host {host} after {timeout} s")
+
+
+@dataclass
+class Side:
+    rc: int
+    stderr: str
+    stats: dict = field(default_factory=dict)
+
+    def path_bytes(self, key: str) -> list[int]:
+        return [p[key] for p in sorted(self.stats.get("paths", []), key=lambda p: p["id"])]
+
+
+@dataclass
+class Result:
+    listener: Side
+    client: Side
+    elapsed: float
+
+
+def transfer(net: Network, tmp: Path, *, to_listener: Path | None, to_client: Path | None,
+             client_args: list[str], listen_args: list[str] = (), addrs: list[str] | None = None,
+             timeout: float = 120.0, during=None, port: int = PORT) -> Result:
+    """Listener in host b, client in host a; files in, files out (tmp/out_l, tmp/out_c); both exit codes."""
+    addrs = addrs if addrs is not None else [net.addr("b", i) for i in range(len(net.topo.links))]
+    lstats, cstats = tmp / "listen.json", tmp / "connect.json"
+    lcmd = SCTPBOND + ["listen", "-p", str(port), "-o", str(tmp / "out_l"), "--stats-json", str(lstats),
+                       *listen_args]
+    ccmd = SCTPBOND + ["connect", "-p", str(port), "-o", str(tmp / "out_c"), "--stats-json", str(cstats),
+                       *client_args, *addrs]
+    if to_client is None:
+        lcmd.append("-N")
+    if to_listener is None:
+        ccmd.append("-N")
+    else:
+        ccmd += ["-i", str(to_listener)]
+    lin = open(to_client, "rb") if to_client else subprocess.DEVNULL
+    listener = net.popen("b", lcmd, stdin=lin, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(net, "b", port)
+        start = time.monotonic()
+        client = net.popen("a", ccmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            if during is not None:
+                during(net, client, listener)
+            _, cerr = client.communicate(timeout=timeout)
+            _, lerr = listener.communicate(timeout=30)
+        finally:
+            for p in (client, listener):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        elapsed = time.monotonic() - start
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+        if lin is not subprocess.DEVNULL:
+            lin.close()
+
+    def load(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    return Result(Side(listener.returncode, lerr, load(lstats)), Side(client.returncode, cerr, load(cstats)),
+                  elapsed)

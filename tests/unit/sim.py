@@ -1,0 +1,353 @@
+"""Deterministic network simulator for two sans-IO Session objects: simulated time, no threads, no sockets.
+
+Each path has two directions; each direction is a FIFO link with a serialisation rate (bytes/s), a one-way
+delay, and a send buffer (`sndbuf`): a sender may hand the link another frame only while the link's backlog
+is below sndbuf, like a socket send buffer. Frames cross as bytes: DATA as `data_prefix + payload` (what the
+runtime sends with sendmsg), everything else via `frames.encode`; the receiving side decodes with
+`frames.decode` (message links, SCTP-like) or a `FrameReader` fed random splits (stream links, TCP-like).
+
+The drive loop mirrors sctpbond.runtime.runner: a path's sender calls `next_frame(pid, now)` while its link
+accepts; when it gets None it waits for a `Wake.SEND` from `take_wake()` (or, like the runner's
+`cond.wait(0.25)`, a fallback timeout: a frame found by the fallback is counted as a lost wakeup). The
+application moves data every step; `handle_timer(now)` runs every `tick`. The clock jumps to the next thing
+that can happen (arrival, tick, link writable, scheduled event), so a run costs per frame, not per millisecond.
+
+Faults: `kill(pid)` (both sides notice at once, e.g. a reset: fail_path on both, frames in flight lost),
+`blackhole(pid)` (every frame on the path vanishes from then on; only silence detection can notice), and
+random duplicated deliveries (`dup` probability per frame, the copy arriving up to `dup_delay` later).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sctpbond.proto.frames import Data, FrameReader, data_prefix, decode, encode
+from sctpbond.proto.session import Session, SessionConfig, Wake
+
+AB, BA = "ab", "ba"  # directions; session "a" sends on AB links and receives on BA links
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    rate: float = 5e6  # bytes/s, each direction
+    delay: float = 0.005  # one-way propagation delay, s
+    sndbuf: int = 8 * 1024  # link backlog (bytes) above which the sender blocks
+    stream: bool = True  # True: TCP-like byte stream (FrameReader); False: one frame per message (decode)
+
+
+class Link:
+    """One direction of one path."""
+
+    def __init__(self, spec: PathSpec, rng: random.Random) -> None:
+        self.spec = spec
+        self.rng = rng
+        self.busy_until = -math.inf
+        self.queue: deque[tuple[float, bytes]] = deque()  # (arrival time, frame bytes)
+        self.up = True
+        self.blackhole = False
+        self.reader = FrameReader() if spec.stream else None
+        self.wire_bytes = 0
+
+    def accepts(self, now: float) -> bool:
+        return self.up and self.busy_until - now <= self.spec.sndbuf / self.spec.rate
+
+    def writable_at(self) -> float:
+        return self.busy_until - self.spec.sndbuf / self.spec.rate
+
+    def push(self, now: float, wire: bytes) -> None:
+        self.busy_until = max(now, self.busy_until) + len(wire) / self.spec.rate
+        self.wire_bytes += len(wire)
+        if not self.blackhole:
+            self.queue.append((self.busy_until + self.spec.delay, wire))
+
+    def next_arrival(self) -> float:
+        return self.queue[0][0] if self.queue else math.inf
+
+    def decode(self, wire: bytes) -> list:
+        if self.reader is None:
+            return [decode(wire)]
+        out = []
+        view = memoryview(wire)
+        while view:  # the stream hands the bytes over in arbitrary pieces
+            n = self.rng.randint(1, len(view)) if self.rng.random() < 0.5 else len(view)
+            out += self.reader.feed(view[:n])
+            view = view[n:]
+        return out
+
+    def drop(self) -> None:
+        self.queue.clear()
+        if self.reader is not None:
+            self.reader = FrameReader()
+
+
+class App:
+    """The application on one side: writes `data` in random pieces, then closes; reads and consumes."""
+
+    def __init__(self, session: Session, data: bytes, rng: random.Random, max_piece: int, slow_reader: bool) -> None:
+        self.session = session
+        self.data = memoryview(data)
+        self.rng = rng
+        self.max_piece = max_piece
+        self.slow_reader = slow_reader
+        self.pos = 0
+        self.closed = False
+        self.out = bytearray()
+        self.held = 0  # read but not yet consumed (being "written out")
+
+    def pump(self, now: float) -> None:
+        s = self.session
+        while self.pos < len(self.data):
+            n = min(s.send_space(), len(self.data) - self.pos, self.rng.randint(1, self.max_piece))
+            if n <= 0:
+                break
+            s.write(self.data[self.pos : self.pos + n])
+            self.pos += n
+            if self.rng.random() < 0.25:  # the source is not always ready with more
+                break
+        if self.pos >= len(self.data) and not self.closed:
+            s.close_send(now)
+            self.closed = True
+        for chunk in s.read():
+            self.out += chunk
+            self.held += len(chunk)
+        if self.held:
+            n = self.rng.randint(1, self.held) if self.slow_reader and self.rng.random() < 0.5 else self.held
+            s.consumed(n, now)
+            self.held -= n
+
+
+@dataclass
+class SendRecord:
+    t: float
+    direction: str
+    pid: int
+    offset: int
+    size: int
+
+
+@dataclass
+class Sim:
+    config: SessionConfig
+    paths: list[PathSpec]
+    data_ab: bytes = b""
+    data_ba: bytes = b""
+    seed: int = 0
+    dup: float = 0.0  # probability that a delivered frame is delivered a second time
+    dup_delay: float = 0.01
+    tick: float = 0.005
+    start: float = 0.0
+    max_piece: int = 8 * 1024
+    slow_reader: bool = False
+    wake_fallback: float = 0.25  # the runner's cond.wait(0.25)
+    config_b: SessionConfig | None = None
+    on_receive: Callable[[Sim, str, int, object], None] | None = None  # observer after each delivered frame
+    now: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.now = self.start
+        cfg_a, cfg_b = self.config, self.config_b or self.config
+        self.a = Session(cfg_a, peer_window=cfg_b.window, peer_max_chunk=cfg_b.max_chunk, now=self.now)
+        self.b = Session(cfg_b, peer_window=cfg_a.window, peer_max_chunk=cfg_a.max_chunk, now=self.now)
+        self.sender_of = {AB: self.a, BA: self.b}
+        self.receiver_of = {AB: self.b, BA: self.a}
+        self.pids = list(range(len(self.paths)))
+        for pid in self.pids:
+            self.a.add_path(pid, self.now)
+            self.b.add_path(pid, self.now)
+        self.links = {(d, pid): Link(spec, self.rng) for pid, spec in enumerate(self.paths) for d in (AB, BA)}
+        # apps[AB] is a's application (it writes data_ab); apps[BA] is b's
+        self.apps = {
+            AB: App(self.a, self.data_ab, self.rng, self.max_piece, self.slow_reader),
+            BA: App(self.b, self.data_ba, self.rng, self.max_piece, self.slow_reader),
+        }
+        self.waiting: dict[tuple[str, int], float | None] = {k: None for k in self.links}  # sender idle since
+        self.events: list[tuple[float, int, Callable[[float], None]]] = []
+        self.dups: list[tuple[float, int, str, int, bytes]] = []
+        self._seq = 0
+        self.next_tick = self.now
+        self.sends: list[SendRecord] = []
+        self.lost_wakeups = 0
+        self.timer_failures: list[tuple[float, str, int]] = []  # (time, side, pid) failed by handle_timer
+        self.killed: dict[int, float] = {}
+        self.blackholed: dict[int, float] = {}
+        self.frames_delivered = 0
+        self.duplicates_delivered = 0
+        self.steps = 0
+
+    # -- scenario control ------------------------------------------------------------------------------------
+    def at(self, t: float, fn: Callable[[float], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, self._seq, fn))
+
+    def kill(self, pid: int, now: float) -> None:
+        """Both ends learn at once that the path is gone (reset/EOF); whatever was in flight on it is lost."""
+        self.killed[pid] = now
+        for d in (AB, BA):
+            link = self.links[d, pid]
+            link.up = False
+            link.drop()
+        self.dups = [x for x in self.dups if x[3] != pid]
+        heapq.heapify(self.dups)
+        self.a.fail_path(pid, "killed by the simulator", now)
+        self.b.fail_path(pid, "killed by the simulator", now)
+
+    def blackhole(self, pid: int, now: float) -> None:
+        """From now on every frame on this path vanishes, in both directions; nobody is told."""
+        self.blackholed[pid] = now
+        for d in (AB, BA):
+            link = self.links[d, pid]
+            link.blackhole = True
+            link.drop()
+        self.dups = [x for x in self.dups if x[3] != pid]
+        heapq.heapify(self.dups)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return (
+            self.a.complete
+            and self.b.complete
+            and len(self.output(AB)) == len(self.data_ab)
+            and len(self.output(BA)) == len(self.data_ba)
+        )
+
+    def output(self, direction: str) -> bytearray:
+        """What the application at the far end of `direction` has received (AB: b's app; BA: a's app)."""
+        return self.apps[BA if direction == AB else AB].out
+
+    def run(self, limit: float = 30.0) -> Sim:
+        deadline = self.start + limit
+        while not self.done:
+            if self.now > deadline:
+                raise AssertionError(f"transfer did not complete within {limit} simulated s\n{self.describe()}")
+            for s in (self.a, self.b):
+                if s.failure is not None:
+                    raise AssertionError(f"session failed: {s.failure!r}\n{self.describe()}")
+            self.step()
+        return self
+
+    def step(self) -> None:
+        self.steps += 1
+        now = self.now
+        while self.events and self.events[0][0] <= now:
+            _, _, fn = heapq.heappop(self.events)
+            fn(now)
+        self._deliver(now)
+        for app in self.apps.values():
+            app.pump(now)
+        if now >= self.next_tick:
+            for name, s in (("a", self.a), ("b", self.b)):
+                for pid in s.handle_timer(now):
+                    self.timer_failures.append((now, name, pid))
+            self.next_tick = now + self.tick
+        self._take_wakes()
+        order = list(self.links)
+        self.rng.shuffle(order)
+        for d, pid in order:
+            self._pull(d, pid, now)
+        self._take_wakes()
+        self.now = self._next_time(now)
+
+    def _take_wakes(self) -> None:
+        for d, s in self.sender_of.items():
+            if s.take_wake() & Wake.SEND:
+                for pid in self.pids:
+                    self.waiting[d, pid] = None
+
+    def _deliver(self, now: float) -> None:
+        due: list[tuple[float, int, str, int, bytes, bool]] = []
+        for (d, pid), link in self.links.items():
+            while link.queue and link.queue[0][0] <= now:
+                t, wire = link.queue.popleft()
+                self._seq += 1
+                due.append((t, self._seq, d, pid, wire, False))
+        while self.dups and self.dups[0][0] <= now:
+            t, seq, d, pid, wire = heapq.heappop(self.dups)
+            due.append((t, seq, d, pid, wire, True))
+        due.sort()
+        for t, _, d, pid, wire, is_dup in due:
+            link = self.links[d, pid]
+            if not link.up or link.blackhole:
+                continue
+            frames = [decode(wire)] if is_dup else link.decode(wire)
+            receiver = self.receiver_of[d]
+            for frame in frames:
+                receiver.receive(pid, frame, now)
+                self.frames_delivered += 1
+                self.duplicates_delivered += is_dup
+                if self.on_receive is not None:
+                    self.on_receive(self, d, pid, frame)
+            if not is_dup and self.dup and self.rng.random() < self.dup:
+                self._seq += 1
+                heapq.heappush(self.dups, (now + self.rng.uniform(0, self.dup_delay), self._seq, d, pid, wire))
+
+    def _pull(self, d: str, pid: int, now: float) -> None:
+        s, link = self.sender_of[d], self.links[d, pid]
+        if not s.paths[pid].alive or not link.up:
+            return
+        idle_since = self.waiting[d, pid]
+        fallback = idle_since is not None
+        if fallback and now - idle_since < self.wake_fallback:
+            return
+        while link.accepts(now):
+            frame = s.next_frame(pid, now)
+            if frame is None:
+                if idle_since is None or fallback:
+                    self.waiting[d, pid] = now
+                return
+            if fallback:
+                self.lost_wakeups += 1
+                fallback = False
+            self.waiting[d, pid] = None
+            if isinstance(frame, Data):
+                size = len(frame.payload)
+                wire = data_prefix(frame.offset, size) + bytes(frame.payload)
+                self.sends.append(SendRecord(now, d, pid, frame.offset, size))
+            else:
+                wire = encode(frame)
+            link.push(now, wire)
+
+    def _next_time(self, now: float) -> float:
+        cands = [self.next_tick]
+        if self.events:
+            cands.append(self.events[0][0])
+        if self.dups:
+            cands.append(self.dups[0][0])
+        for (d, pid), link in self.links.items():
+            cands.append(link.next_arrival())
+            if link.up and not link.accepts(now):
+                cands.append(link.writable_at())
+            idle_since = self.waiting[d, pid]
+            if idle_since is not None:
+                cands.append(idle_since + self.wake_fallback)
+        later = [t for t in cands if t > now]
+        return min(later) if later else now + self.tick
+
+    # -- results ----------------------------------------------------------------------------------------------
+    def data_bytes(self, direction: str, pid: int, after: float = -math.inf) -> int:
+        return sum(r.size for r in self.sends if r.direction == direction and r.pid == pid and r.t >= after)
+
+    def describe(self) -> str:
+        lines = [f"now={self.now:.4f} steps={self.steps} lost_wakeups={self.lost_wakeups} "
+                 f"killed={self.killed} blackholed={self.blackholed} timer_failures={self.timer_failures}"]
+        for name, s, app in (("a", self.a, self.apps[AB]), ("b", self.b, self.apps[BA])):
+            sb = s.sendbuf
+            lines.append(
+                f" {name}: wrote {app.pos}/{len(app.data)} closed={app.closed} written={sb.written} "
+                f"sent={sb.sent_offset} acked={sb.acked} fin_acked={s.fin_acked} resend={sb.resend_pending} "
+                f"| consumed={s.reorder.consumed} next={s.reorder.next_offset} buffered={s.reorder.buffered} "
+                f"peer_fin={s.peer_fin} | complete={s.complete} failure={s.failure!r}"
+            )
+            for p in s.paths.values():
+                lines.append(
+                    f"   path {p.id}: alive={p.alive} sent={p.sent} peer_rx={p.peer_received} rx={p.received} "
+                    f"rate={p.rate:.0f} quota={s.scheduler.quota(p)} grant={s.scheduler.grant(p)} "
+                    f"down={p.down_reason!r}"
+                )
+        return "\n".join(lines)
