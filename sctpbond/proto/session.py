@@ -195,7 +195,8 @@ class Session:
         elif isinstance(frame, Fin):
             self._on_fin(frame)
         elif isinstance(frame, Abort):
-            self.failure = SessionAborted(f"peer aborted the session: {frame.reason or frame.code.name.lower()}")
+            why = frame.reason or frame.code.name.lower()
+            self.failure = SessionAborted(f"peer aborted the session: {why}; {self.progress()}")
             self._wake |= Wake.STATE | Wake.READ | Wake.WRITE
         else:
             raise RemoteProtocolError(f"unexpected {type(frame).__name__.upper()} frame during the session")
@@ -341,6 +342,18 @@ class Session:
             self._ctrl[path.id].clear()
             self._ctrl[path.id].append(Abort(code, reason))
         self._wake |= Wake.SEND | Wake.STATE | Wake.READ | Wake.WRITE
+
+    def progress(self) -> str:
+        """What got through, for the one-line error of a failed transfer."""
+        sb, parts = self.sendbuf, []
+        if sb.written or sb.eof:
+            parts.append(f"{sb.acked} of {sb.written}{'' if sb.eof else '+'} bytes sent were acknowledged")
+        if self.recv_done:
+            parts.append(f"all {self.reorder.consumed} bytes received")
+        else:
+            total = "" if self.peer_fin is None else f" of {self.peer_fin}"
+            parts.append(f"{self.reorder.consumed}{total} bytes received, output incomplete")
+        return "; ".join(parts)
 
     # -- reporting -------------------------------------------------------------------------------------------------
     def stats(self, now: float) -> dict:

@@ -253,13 +253,9 @@ class SessionRunner:
         waited = now - self._all_down_since
         peer_gone = self._peer_closed >= set(session.paths)
         if waited >= self.config.path_timeout or (peer_gone and waited >= self.config.peer_gone_grace):
-            why = "the peer closed every path" if peer_gone else f"no path came back within {waited:.0f} s"
-            error = TransferFailed(
-                f"transfer failed: {why}; sent {session.sendbuf.acked} bytes acknowledged of "
-                f"{session.sendbuf.written}, received {session.reorder.consumed} bytes"
-                + ("" if session.peer_fin is None else f" of {session.peer_fin}")
-            )
-            session.abort(AbortCode.TIMEOUT, why, error)
+            why = ("the peer closed every path (its process is gone?)" if peer_gone
+                   else f"no path came back within {waited:.0f} s")
+            session.abort(AbortCode.TIMEOUT, why, TransferFailed(f"transfer failed: {why}; {session.progress()}"))
 
     # -- running ---------------------------------------------------------------------------------------------------
     def run(self) -> None:

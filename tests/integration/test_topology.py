@@ -209,14 +209,19 @@ def tcp_goodput_mbit(net: Network, i: int, seconds: float) -> float:
     dst = net.addr("b", i)
     if shutil.which("iperf3"):
         server = net.popen("b", ["iperf3", "-s", "-1", "-B", dst], stdout=subprocess.DEVNULL)
-        for _ in range(50):  # the client's first connect must not race the server's bind
-            res = net.run("a", ["iperf3", "-c", dst, "-t", str(seconds), "-J"], capture_output=True, text=True,
-                          timeout=seconds + 20)
-            if res.returncode == 0:
-                break
-            time.sleep(0.1)
-        server.wait(timeout=10)
-        return float(json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e6
+        try:
+            for _ in range(50):  # until the server listens; iperf3 3.12 -J exits 0 even when refused
+                res = net.run("a", ["iperf3", "-c", dst, "-t", str(seconds), "-J"], capture_output=True, text=True,
+                              timeout=seconds + 20)
+                report = json.loads(res.stdout)
+                if "Connection refused" not in report.get("error", ""):
+                    break
+                time.sleep(0.1)
+            assert res.returncode == 0 and "error" not in report, res.stdout[-2000:]
+            return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+        finally:
+            server.kill()
+            server.wait(timeout=10)
     receiver = net.popen("b", [sys.executable, "-c", _RECEIVER, dst], stdout=subprocess.PIPE, text=True)
     net.run("a", [sys.executable, "-c", _SENDER, dst, str(seconds)], check=True, timeout=seconds + 20)
     out, _ = receiver.communicate(timeout=20)

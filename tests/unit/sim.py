@@ -14,7 +14,8 @@ that can happen (arrival, tick, link writable, scheduled event), so a run costs 
 
 Faults: `kill(pid)` (both sides notice at once, e.g. a reset: fail_path on both, frames in flight lost),
 `blackhole(pid)` (every frame on the path vanishes from then on; only silence detection can notice), and
-random duplicated deliveries (`dup` probability per frame, the copy arriving up to `dup_delay` later).
+random duplicates with probability `dup` per frame: a control frame is delivered a second time up to
+`dup_delay` later; a DATA frame gets a second copy sent on a random live path (see `_send_copy`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sctpbond.proto.frames import Data, FrameReader, data_prefix, decode, encode
+from sctpbond.proto.frames import Data, FrameReader, FrameType, data_prefix, decode, encode
 from sctpbond.proto.session import Session, SessionConfig, Wake
 
 AB, BA = "ab", "ba"  # directions; session "a" sends on AB links and receives on BA links
@@ -177,7 +178,8 @@ class Sim:
         self.killed: dict[int, float] = {}
         self.blackholed: dict[int, float] = {}
         self.frames_delivered = 0
-        self.duplicates_delivered = 0
+        self.duplicates_delivered = 0  # network copies of control frames
+        self.duplicates_sent = 0  # extra DATA copies
         self.steps = 0
 
     # -- scenario control ------------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ class Sim:
                 self.duplicates_delivered += is_dup
                 if self.on_receive is not None:
                     self.on_receive(self, d, pid, frame)
-            if not is_dup and self.dup and self.rng.random() < self.dup:
+            if not is_dup and self.dup and wire[0] != FrameType.DATA and self.rng.random() < self.dup:
                 self._seq += 1
                 heapq.heappush(self.dups, (now + self.rng.uniform(0, self.dup_delay), self._seq, d, pid, wire))
 
@@ -309,9 +311,27 @@ class Sim:
                 size = len(frame.payload)
                 wire = data_prefix(frame.offset, size) + bytes(frame.payload)
                 self.sends.append(SendRecord(now, d, pid, frame.offset, size))
+                if self.dup and self.rng.random() < self.dup:
+                    self._send_copy(d, now, wire, frame.offset, size)
             else:
                 wire = encode(frame)
             link.push(now, wire)
+
+    def _send_copy(self, d: str, now: float, wire: bytes, offset: int, size: int) -> None:
+        """Duplicate a DATA frame the way duplicates really arise: the sender puts a second copy on some path.
+
+        TCP and SCTP never duplicate, so a copy made by the *network* would make the peer's per-path byte
+        counter exceed the sender's (the session ignores such counters, meant for stale ones after a re-join).
+        The copy is therefore accounted on the sender's path like a reinjection, and takes that path's FIFO."""
+        s = self.sender_of[d]
+        alive = [pid for pid in self.pids if s.paths[pid].alive and self.links[d, pid].up]
+        if not alive:
+            return
+        pid = self.rng.choice(alive)
+        s.paths[pid].sent += size
+        self.sends.append(SendRecord(now, d, pid, offset, size))
+        self.links[d, pid].push(now, wire)
+        self.duplicates_sent += 1
 
     def _next_time(self, now: float) -> float:
         cands = [self.next_tick]

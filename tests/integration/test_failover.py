@@ -1,0 +1,175 @@
+"""The fault matrix over TCP paths: every case moves >= 128 MiB and checks sha256 and both exit codes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from sctpbond.topology import LinkSpec, Topology
+
+from .harness import SCTPBOND, random_file, sha256_file, transfer, wait_listening
+
+pytestmark = pytest.mark.netns
+MiB = 1 << 20
+SIZE = 128 * MiB
+
+
+def _ok(res, tmp, up):
+    assert res.client.rc == 0, res.client.stderr
+    assert res.listener.rc == 0, res.listener.stderr
+    assert sha256_file(tmp / "out_l") == sha256_file(up)
+    assert res.client.stats["bytes_acked"] == up.stat().st_size
+
+
+def _path(side, pid):
+    return next(p for p in side.stats["paths"] if p["id"] == pid)
+
+
+def _later(delay, fn, *args):
+    def run():
+        time.sleep(delay)
+        fn(*args)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.fixture
+def up(tmp_path):
+    return random_file(tmp_path / "up", SIZE)
+
+
+def test_blackhole_is_detected_and_its_data_resent(netns_topology, tmp_path, up):
+    net = netns_topology("4x200")
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp", "-v"],
+                   during=lambda n, c, l: _later(1.0, n.blackhole, 2, True))
+    _ok(res, tmp_path, up)
+    path = _path(res.client, 2)
+    assert not path["alive"] and "no answer" in path["down_reason"], path
+    assert res.client.stats["resent_bytes"] > 0
+
+
+def test_flapping_link(netns_topology, tmp_path, up):
+    net = netns_topology("4x200")
+    stop = threading.Event()
+
+    def flap():
+        state = True
+        while not stop.wait(0.5):
+            state = not state
+            net.set_link(0, state)
+        net.set_link(0, True)
+
+    def during(n, c, l):
+        threading.Thread(target=flap, daemon=True).start()
+
+    try:
+        res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"], during=during)
+    finally:
+        stop.set()
+    _ok(res, tmp_path, up)
+
+
+def test_two_percent_loss_on_one_path(netns_topology, tmp_path, up):
+    net = netns_topology("4x200")
+    net.set_loss(1, 2.0)
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"])
+    _ok(res, tmp_path, up)
+    sent = [p["bytes_sent"] for p in sorted(res.client.stats["paths"], key=lambda p: p["id"])]
+    assert all(b > 0 for b in sent)
+
+
+def test_one_slow_path_beside_fast_ones(netns_topology, tmp_path, up):
+    topo = Topology("slow1", "10 Mbit/s beside 3 x 200", (LinkSpec(10),) + (LinkSpec(200),) * 3)
+    net = netns_topology(topo)
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"])
+    _ok(res, tmp_path, up)
+    sent = [p["bytes_sent"] for p in sorted(res.client.stats["paths"], key=lambda p: p["id"])]
+    assert 0 < sent[0] < min(sent[1:]) / 5, sent
+    # the slow path does not hold the transfer back to 4 x 10 Mbit/s: 128 MiB at 3 x 200 takes ~2 s
+    assert res.client.stats["send_mbit_s"] > 200, res.client.stats["send_mbit_s"]
+    assert res.listener.stats["peak_reorder_bytes"] <= 64 * MiB
+
+
+def test_two_of_four_links_down_at_once(netns_topology, tmp_path, up):
+    net = netns_topology("4x200")
+
+    def during(n, c, l):
+        def both():
+            n.set_link(0, False)
+            n.set_link(3, False)
+        _later(1.0, both)
+
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"], during=during)
+    _ok(res, tmp_path, up)
+    assert not _path(res.client, 0)["alive"] and not _path(res.client, 3)["alive"]
+
+
+def test_path_down_at_start_joins_when_it_comes_up(netns_topology, tmp_path, up):
+    net = netns_topology("4x200")
+    net.set_link(3, False)
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp", "-v"],
+                   during=lambda n, c, l: _later(0.8, n.set_link, 3, True))
+    _ok(res, tmp_path, up)
+    path3 = _path(res.client, 3)
+    assert path3["alive"] and path3["bytes_sent"] > 0, path3
+    assert "joined after" in res.client.stderr
+
+
+def test_link_comes_back_and_rejoins(netns_topology, tmp_path):
+    net = netns_topology("4x200")
+    up = random_file(tmp_path / "up", 256 * MiB)
+
+    def during(n, c, l):
+        _later(0.8, n.set_link, 1, False)
+        _later(2.5, n.set_link, 1, True)
+
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp", "-v"], during=during)
+    _ok(res, tmp_path, up)
+    assert "path 1" in res.client.stderr and "joined after" in res.client.stderr, res.client.stderr
+    assert _path(res.client, 1)["alive"]
+
+
+def _slow_feeder():
+    # a stream that is not finished when the peer is killed (16 MiB/s)
+    return subprocess.Popen(["sh", "-c", "while :; do head -c 1048576 /dev/urandom; sleep 0.06; done"],
+                            stdout=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("victim", ["listener", "client"])
+def test_killed_peer_fails_the_survivor(netns_topology, tmp_path, victim):
+    net = netns_topology("4x200")
+    out = tmp_path / "out"
+    listener = net.popen("b", SCTPBOND + ["listen", "-t", "tcp", "-N", "-o", str(out)], stdin=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    feeder = _slow_feeder()
+    client = None
+    try:
+        wait_listening(net, "b", 7300)
+        client = net.popen("a", SCTPBOND + ["connect", "-t", "tcp", "-o", "/dev/null"]
+                           + [net.addr("b", i) for i in range(4)], stdin=feeder.stdout, stderr=subprocess.PIPE,
+                           text=True)
+        feeder.stdout.close()
+        time.sleep(2.0)
+        dead, survivor = (listener, client) if victim == "listener" else (client, listener)
+        dead.send_signal(signal.SIGKILL)
+        dead.wait()
+        t0 = time.monotonic()
+        _, err = survivor.communicate(timeout=30)
+        assert survivor.returncode == 1, err
+        assert time.monotonic() - t0 < 10, "the survivor must notice within a few seconds"
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("sctpbond: error: transfer failed"), err
+        if victim == "client":
+            assert "received" in last and out.stat().st_size > 0
+    finally:
+        feeder.kill()
+        for p in (listener, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
