@@ -304,3 +304,9 @@ def topo_show(topology: str | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+from .bench import bench as _bench_cmd  # noqa: E402
+from .demo import demo as _demo_cmd  # noqa: E402
+
+main.add_command(_bench_cmd)
+main.add_command(_demo_cmd)

@@ -58,9 +58,11 @@ class Scheduler:
         cfg = self.config
         if path.rate <= 0:
             return cfg.initial_quota
-        # A long path needs at least two RTTs of data or its own quota would throttle it.
+        # A long path needs at least two RTTs of data or its own quota would throttle it. One chunk of headroom:
+        # a path sending k chunks per round trip measures k chunks/RTT, and without the extra chunk its quota
+        # could stay too small to ever grant chunk k+1 (a fixed point below the link rate).
         target = max(cfg.delay_target, 2 * (path.min_rtt or 0.0))
-        return int(min(cfg.max_quota, max(cfg.min_quota, path.rate * target)))
+        return int(min(cfg.max_quota, max(cfg.min_quota, path.rate * target))) + cfg.max_chunk
 
     def grant(self, path: PathState) -> int:
         """Bytes of new data `path` may take now (0: let the others work)."""
@@ -68,8 +70,9 @@ class Scheduler:
             return 0
         quota = self.quota(path)
         budget = quota - path.in_flight
-        # Refuse slivers: a path waits until it can take a sizeable chunk, which keeps frames large.
-        if budget < min(self.config.max_chunk, quota // 2):
+        # Refuse slivers: a path waits until it can take a sizeable piece (a chunk, or a quarter of a small quota:
+        # a slow path must still keep a chunk in flight while it serializes one), which keeps frames large.
+        if budget < min(self.config.max_chunk, quota // 4):
             return 0
         return min(self.config.max_chunk, budget)
 

@@ -126,6 +126,10 @@ class Session:
         if self.sendbuf.eof and not self.fin_acked:
             for other in self.alive_paths:  # the FIN may have been lost with this path
                 self._queue(other.id, Fin(self.sendbuf.written))
+        if self.reorder.next_offset or self.peer_fin is not None:
+            # Our last ACK may have been lost with this path, and if it acknowledged everything the peer sent,
+            # nothing would ever make us send another one: a peer waiting for window space stalls for good.
+            self._request_ack()
         self._wake |= Wake.SEND | Wake.STATE
         return requeued
 

@@ -65,8 +65,8 @@ class SessionRunner:
     # -- plumbing -----------------------------------------------------------------------------------------------
     def _spawn(self, name: str, target: Callable, *args: object) -> None:
         t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()  # before it is listed: _shutdown() joins listed threads
         self._threads.append(t)
-        t.start()
 
     def _wake(self) -> None:
         """Call with the lock held after touching the session."""
@@ -147,7 +147,7 @@ class SessionRunner:
                             return
                         cond.wait(0.25)
                 if isinstance(frame, Data):
-                    channel.send((data_prefix(frame.offset, len(frame.payload)), frame.payload))
+                    channel.send((data_prefix(frame.offset, len(frame.payload)), frame.payload), data=True)
                 else:
                     channel.send((encode(frame),))
         except TransportError as exc:
@@ -182,7 +182,7 @@ class SessionRunner:
     # -- application side ----------------------------------------------------------------------------------------
     def _input_pump(self) -> None:
         session, fd = self.session, self.source_fd
-        block = min(self.config.read_block, session.sendbuf.cap)
+        block = min(self.config.read_block, max(1, session.sendbuf.cap // 4))  # never wait for a drained buffer
         while True:
             try:
                 data = os.read(fd, block) if fd is not None else b""

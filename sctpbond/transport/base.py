@@ -27,8 +27,9 @@ class Channel(abc.ABC):
         return f"{self.local[0]}->{self.remote[0]}:{self.remote[1]}"
 
     @abc.abstractmethod
-    def send(self, parts: Sequence[Buffer]) -> None:
-        """Send exactly one frame made of `parts` (header, body...)."""
+    def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
+        """Send exactly one frame made of `parts` (header, body...); `data` marks a DATA frame (SCTP stripes
+        those over its data streams and keeps control frames on stream 0)."""
 
     @abc.abstractmethod
     def recv(self) -> memoryview | None:

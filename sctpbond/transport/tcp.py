@@ -32,7 +32,7 @@ class TcpChannel(Channel):
     def set_timeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds)
 
-    def send(self, parts: Sequence[Buffer]) -> None:
+    def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         try:
             sent = self.sock.sendmsg(parts)
             total = sum(len(p) for p in parts)

@@ -33,7 +33,7 @@ def _skip_reason() -> str | None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _remove_namespaces_of_dead_runs() -> None:
-    """A run killed mid-test (SIGKILL, timeout) cannot clean up; the next run does it for namespaces whose pid is gone."""
+    """A run killed mid-test (SIGKILL) cannot clean up: remove namespaces whose creating pid is gone."""
     if os.geteuid() != 0:
         return
     for name in netns.listnetns():

@@ -77,7 +77,7 @@ def test_invalid_files_give_one_line(tmp_path: Path, text: str, words: str) -> N
 
 
 def test_unknown_name() -> None:
-    with pytest.raises(TopologyError, match="not one of.*4x200"):
+    with pytest.raises(TopologyError, match=r"not one of.*4x200"):
         load("no-such-topology")
 
 
@@ -90,8 +90,14 @@ def test_each_link_pings_and_is_shaped(netns_topology: Factory) -> None:
         assert net.addr("a", i) == f"10.77.{i}.1" and net.addr("b", i) == f"10.77.{i}.2"
         assert ping(net, i), f"link {i}: {net.addr('b', i)} does not answer"
         for host in ("a", "b"):
-            res = net.run(host, ["tc", "-j", "qdisc", "show", "dev", net.ifname(host, i)], capture_output=True,
-                          text=True, timeout=10, check=True)
+            res = net.run(
+                host,
+                ["tc", "-j", "qdisc", "show", "dev", net.ifname(host, i)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
             root = [q for q in json.loads(res.stdout) if q.get("root")]
             assert root and root[0]["kind"] == "tbf", res.stdout
             assert root[0]["options"]["rate"] == 200_000_000 // 8  # tc -j reports bytes/s
@@ -139,8 +145,7 @@ def test_delay_needs_netem(netns_topology: Factory) -> None:
     except TopologyError as exc:  # hosts without sch_netem, like the dev host
         assert "netem" in str(exc) and "\n" not in str(exc)
         return
-    res = net.run("a", ["tc", "qdisc", "show", "dev", net.ifname("a", 0)], capture_output=True, text=True,
-                  timeout=10)
+    res = net.run("a", ["tc", "qdisc", "show", "dev", net.ifname("a", 0)], capture_output=True, text=True, timeout=10)
     assert "netem" in res.stdout and "tbf" in res.stdout
 
 
@@ -151,6 +156,13 @@ def test_down_leaves_nothing(netns_topology: Factory) -> None:
     assert not net.is_up()
     net.down()  # idempotent
     assert not Path(topology.NETNS_DIR, net.ns_a).exists()
+
+
+def test_cleanup_stale_removes_leftovers(netns_topology: Factory) -> None:
+    net = netns_topology("2x20")
+    assert topology.cleanup_stale(net.prefix) == [net.ns_a, net.ns_b]
+    assert not net.is_up()
+    assert topology.cleanup_stale(net.prefix) == []
 
 
 def test_partial_up_is_removed(netns_topology: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,8 +223,13 @@ def tcp_goodput_mbit(net: Network, i: int, seconds: float) -> float:
         server = net.popen("b", ["iperf3", "-s", "-1", "-B", dst], stdout=subprocess.DEVNULL)
         try:
             for _ in range(50):  # until the server listens; iperf3 3.12 -J exits 0 even when refused
-                res = net.run("a", ["iperf3", "-c", dst, "-t", str(seconds), "-J"], capture_output=True, text=True,
-                              timeout=seconds + 20)
+                res = net.run(
+                    "a",
+                    ["iperf3", "-c", dst, "-t", str(seconds), "-J"],
+                    capture_output=True,
+                    text=True,
+                    timeout=seconds + 20,
+                )
                 report = json.loads(res.stdout)
                 if "Connection refused" not in report.get("error", ""):
                     break

@@ -27,7 +27,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sctpbond.proto.frames import Data, FrameReader, FrameType, data_prefix, decode, encode
+from sctpbond.proto.frames import (
+    Data,
+    FrameReader,
+    FrameType,
+    data_prefix,
+    decode,
+    encode,
+)
 from sctpbond.proto.session import Session, SessionConfig, Wake
 
 AB, BA = "ab", "ba"  # directions; session "a" sends on AB links and receives on BA links
@@ -89,8 +96,10 @@ class Link:
 class App:
     """The application on one side: writes `data` in random pieces, then closes; reads and consumes."""
 
-    def __init__(self, session: Session, data: bytes, rng: random.Random, max_piece: int, slow_reader: bool) -> None:
+    def __init__(self, session: Session, data: bytes, rng: random.Random, max_piece: int, slow_reader: bool,
+                 write_block: int | None = None) -> None:
         self.session = session
+        self.write_block = write_block
         self.data = memoryview(data)
         self.rng = rng
         self.max_piece = max_piece
@@ -103,7 +112,12 @@ class App:
     def pump(self, now: float) -> None:
         s = self.session
         while self.pos < len(self.data):
-            n = min(s.send_space(), len(self.data) - self.pos, self.rng.randint(1, self.max_piece))
+            if self.write_block:  # like the runner's input pump: a whole block, once it fits
+                n = min(self.write_block, len(self.data) - self.pos)
+                if s.send_space() < n:
+                    break
+            else:
+                n = min(s.send_space(), len(self.data) - self.pos, self.rng.randint(1, self.max_piece))
             if n <= 0:
                 break
             s.write(self.data[self.pos : self.pos + n])
@@ -144,9 +158,11 @@ class Sim:
     start: float = 0.0
     max_piece: int = 8 * 1024
     slow_reader: bool = False
+    write_block: int | None = None  # write whole blocks of this size once they fit (the runner's input pump)
     wake_fallback: float = 0.25  # the runner's cond.wait(0.25)
     config_b: SessionConfig | None = None
     on_receive: Callable[[Sim, str, int, object], None] | None = None  # observer after each delivered frame
+    on_send: Callable[[Sim, str, int, object], None] | None = None  # observer after a frame is put on a link
     now: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -164,8 +180,8 @@ class Sim:
         self.links = {(d, pid): Link(spec, self.rng) for pid, spec in enumerate(self.paths) for d in (AB, BA)}
         # apps[AB] is a's application (it writes data_ab); apps[BA] is b's
         self.apps = {
-            AB: App(self.a, self.data_ab, self.rng, self.max_piece, self.slow_reader),
-            BA: App(self.b, self.data_ba, self.rng, self.max_piece, self.slow_reader),
+            AB: App(self.a, self.data_ab, self.rng, self.max_piece, self.slow_reader, self.write_block),
+            BA: App(self.b, self.data_ba, self.rng, self.max_piece, self.slow_reader, self.write_block),
         }
         self.waiting: dict[tuple[str, int], float | None] = {k: None for k in self.links}  # sender idle since
         self.events: list[tuple[float, int, Callable[[float], None]]] = []
@@ -178,6 +194,7 @@ class Sim:
         self.killed: dict[int, float] = {}
         self.blackholed: dict[int, float] = {}
         self.frames_delivered = 0
+        self.last_arrival: dict[tuple[str, int], float] = {}  # (direction, pid) -> when a frame last arrived
         self.duplicates_delivered = 0  # network copies of control frames
         self.duplicates_sent = 0  # extra DATA copies
         self.steps = 0
@@ -198,6 +215,21 @@ class Sim:
         heapq.heapify(self.dups)
         self.a.fail_path(pid, "killed by the simulator", now)
         self.b.fail_path(pid, "killed by the simulator", now)
+
+    def revive(self, pid: int, now: float, client: str = "a") -> None:
+        """The path re-joins with a new connection under the same path id. As in the handshake, the server
+        side calls add_path when it accepts AUTH (and sends READY), the client one one-way delay later when
+        READY arrives; frames the server sends after READY arrive after it, so nobody sees DATA early."""
+        for d in (AB, BA):
+            link = self.links[d, pid]
+            link.up, link.blackhole = True, False
+            link.drop()
+            link.busy_until = now
+        self.killed.pop(pid, None)
+        self.blackholed.pop(pid, None)
+        server, client_s = (self.b, self.a) if client == "a" else (self.a, self.b)
+        server.add_path(pid, now)
+        self.at(now + self.paths[pid].delay, lambda t: client_s.add_path(pid, t))
 
     def blackhole(self, pid: int, now: float) -> None:
         """From now on every frame on this path vanishes, in both directions; nobody is told."""
@@ -231,6 +263,13 @@ class Sim:
             for s in (self.a, self.b):
                 if s.failure is not None:
                     raise AssertionError(f"session failed: {s.failure!r}\n{self.describe()}")
+            self.step()
+        return self
+
+    def run_for(self, duration: float) -> Sim:
+        """Keep the clock running (e.g. after completion, to watch timers)."""
+        end = self.now + duration
+        while self.now < end:
             self.step()
         return self
 
@@ -279,6 +318,7 @@ class Sim:
                 continue
             frames = [decode(wire)] if is_dup else link.decode(wire)
             receiver = self.receiver_of[d]
+            self.last_arrival[d, pid] = now
             for frame in frames:
                 receiver.receive(pid, frame, now)
                 self.frames_delivered += 1
@@ -316,6 +356,10 @@ class Sim:
             else:
                 wire = encode(frame)
             link.push(now, wire)
+            if self.on_send is not None:
+                self.on_send(self, d, pid, frame)
+                if not link.up or not s.paths[pid].alive:
+                    return
 
     def _send_copy(self, d: str, now: float, wire: bytes, offset: int, size: int) -> None:
         """Duplicate a DATA frame the way duplicates really arise: the sender puts a second copy on some path.
@@ -354,8 +398,10 @@ class Sim:
         return sum(r.size for r in self.sends if r.direction == direction and r.pid == pid and r.t >= after)
 
     def describe(self) -> str:
-        lines = [f"now={self.now:.4f} steps={self.steps} lost_wakeups={self.lost_wakeups} "
-                 f"killed={self.killed} blackholed={self.blackholed} timer_failures={self.timer_failures}"]
+        lines = [
+            (f"now={self.now:.4f} steps={self.steps} lost_wakeups={self.lost_wakeups} "
+             f"killed={self.killed} blackholed={self.blackholed} timer_failures={self.timer_failures}")
+        ]
         for name, s, app in (("a", self.a, self.apps[AB]), ("b", self.b, self.apps[BA])):
             sb = s.sendbuf
             lines.append(

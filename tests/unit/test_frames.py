@@ -320,7 +320,7 @@ def test_decode_length_must_match_buffer() -> None:
 
 # -- HELLO magic / version, internal lengths ---------------------------------------------------------------------
 
-HELLO_WIRE = dict((n, w) for n, _, w in GOLDEN)["hello-join-keyed"]
+HELLO_WIRE = {n: w for n, _, w in GOLDEN}["hello-join-keyed"]
 
 
 def test_hello_bad_magic() -> None:
@@ -416,8 +416,7 @@ any_frame = st.one_of(
 def test_encode_decode_round_trip(frame) -> None:
     wire = encode(frame)
     assert decode(wire) == frame
-    kind, length = parse_header(wire[:HEADER_SIZE])
-    assert length == len(wire) - HEADER_SIZE
+    assert parse_header(wire[:HEADER_SIZE]) == (wire[0], len(wire) - HEADER_SIZE)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
@@ -504,12 +503,13 @@ plausible = st.builds(
     st.binary(max_size=400),
     st.binary(max_size=4),
 )
-mutated = st.builds(
-    lambda frame, pos, byte: (lambda w: w[: pos % len(w)] + bytes([byte]) + w[pos % len(w) + 1 :])(encode(frame)),
-    any_frame,
-    st.integers(0, 10_000),
-    st.integers(0, 255),
-)
+def _mutate(frame, pos: int, byte: int) -> bytes:
+    wire = encode(frame)
+    pos %= len(wire)
+    return wire[:pos] + bytes([byte]) + wire[pos + 1 :]
+
+
+mutated = st.builds(_mutate, any_frame, st.integers(0, 10_000), st.integers(0, 255))
 garbage = st.one_of(st.binary(max_size=600), plausible, mutated)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -179,7 +180,7 @@ def chunked_stream(draw, max_len: int = 4000):
     stream = draw(st.binary(min_size=1, max_size=max_len))
     cuts = sorted(set(draw(st.lists(st.integers(1, len(stream) - 1), max_size=60)))) if len(stream) > 1 else []
     bounds = [0, *cuts, len(stream)]
-    chunks = [(a, stream[a:b]) for a, b in zip(bounds, bounds[1:])]
+    chunks = [(a, stream[a:b]) for a, b in pairwise(bounds)]
     return stream, chunks
 
 

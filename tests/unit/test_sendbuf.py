@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -212,8 +214,8 @@ def test_invariants_under_random_operations(data) -> None:
         assert sb.space() == cap - (sb.written - sb.acked) >= 0
         chunks = offsets(sb)
         # unacked chunks tile [first chunk start, sent_offset) with no gap, and only the first may start below acked
-        for (a, b), (c2, _) in zip(chunks, chunks[1:]):
-            assert b == c2
+        for (_, end), (start, _) in pairwise(chunks):
+            assert end == start
         if chunks:
             assert chunks[0][0] <= sb.acked < chunks[0][1]
             assert chunks[-1][1] == sb.sent_offset
