@@ -287,6 +287,17 @@ class Counters:
         self.ipr.close()
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user
+    return total - idle, total
+
+
 @dataclass
 class Series:
     """Per-link Mbit/s over time (each point is the rate over the interval that ends at t)."""
@@ -294,6 +305,7 @@ class Series:
     interval_s: float
     t: list[float] = field(default_factory=list)
     link_mbit_s: list[list[float]] = field(default_factory=list)  # [link][sample]
+    machine_busy_cores: float | None = None  # CPUs busy (all processes, kernel included) during the run
 
     def to_json(self) -> dict[str, Any]:
         return {"interval_s": self.interval_s, "t": [round(x, 3) for x in self.t],
@@ -316,6 +328,7 @@ def watch(procs: Sequence[Proc], counters: Counters, *, timeout: float, interval
     t0, first = start if start is not None else (time.monotonic(), counters.read())
     prev, prev_t = first, t0
     deadline = t0 + timeout
+    busy0, total0 = cpu_jiffies()
     try:
         while True:
             done = all(p.finished() for p in procs) or (stop is not None and stop())
@@ -342,6 +355,9 @@ def watch(procs: Sequence[Proc], counters: Counters, *, timeout: float, interval
         for p in procs:
             p.wait_dead()
         raise
+    busy1, total1 = cpu_jiffies()
+    if total1 > total0:
+        series.machine_busy_cores = round((busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1), 2)
     return series, [c - f for c, f in zip(prev, first)]
 
 
@@ -389,6 +405,10 @@ class RunResult:
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     rusage: dict[str, dict[str, float]] = field(default_factory=dict)  # per process: user/sys s, ctx switches
     loadavg: list[float] = field(default_factory=list)
+    # CPUs busy machine-wide during the run, and how many of them the measured processes account for: the
+    # difference is the kernel's own network work (softirq) plus anything else running on the machine.
+    machine_busy_cores: float | None = None
+    own_cores: float | None = None
     series: dict[str, Any] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -406,6 +426,10 @@ class RunResult:
         self.rusage = {k: p.rusage for k, p in procs.items()}
         self.cpu_s_per_gib = round(sum(p.cpu_s for p in procs.values()) / (nbytes / GiB), 3)
         self.loadavg = [round(x, 2) for x in os.getloadavg()]
+        self.machine_busy_cores = series.machine_busy_cores
+        walls = [p.wall_s for p in procs.values() if p.wall_s]
+        if walls:
+            self.own_cores = round(sum(p.cpu_s for p in procs.values()) / max(walls), 2)
         self.ok = True
 
 
@@ -769,7 +793,7 @@ def summarize(runs: list[RunResult], links: list[int]) -> dict[str, Any]:
                 "link_mbit_s": mid.link_mbit_s, "cpu_s_per_gib": statistics.median(
                     [r.cpu_s_per_gib for r in good if r.cpu_s_per_gib is not None] or [0]),
                 "peak_rss_mib": {k: max(r.peak_rss_mib.get(k, 0) for r in good) for k in mid.peak_rss_mib},
-                "median_rep": mid.rep,
+                "median_rep": mid.rep, "machine_busy_cores": mid.machine_busy_cores, "own_cores": mid.own_cores,
             })
             med[name] = mid.mbit_s
         rows.append(row)
@@ -788,14 +812,14 @@ def summarize(runs: list[RunResult], links: list[int]) -> dict[str, Any]:
 
 def print_table(summary: dict[str, Any], title: str) -> None:
     headers = ["run", "Mbit/s", "per link Mbit/s", "x sum 1-TCP", "x MPTCP", "CPU s/GiB", "RSS MiB snd/rcv",
-               "notes"]
+               "CPUs busy (own)", "notes"]
     body: list[list[str]] = []
     for row in summary["rows"]:
         if row["skipped"]:
-            body.append([row["name"], "-", "-", "-", "-", "-", "-", "; ".join(row["notes"])])
+            body.append([row["name"], "-", "-", "-", "-", "-", "-", "-", "; ".join(row["notes"])])
             continue
         if "mbit_s" not in row:
-            body.append([row["name"], "FAILED", "-", "-", "-", "-", "-", "; ".join(row["errors"])[:120]])
+            body.append([row["name"], "FAILED", "-", "-", "-", "-", "-", "-", "; ".join(row["errors"])[:120]])
             continue
         spread = (f" ({row['mbit_s_min']:.0f}-{row['mbit_s_max']:.0f})" if row["ok_runs"] > 1 else "")
         rss = row["peak_rss_mib"]
@@ -807,10 +831,13 @@ def print_table(summary: dict[str, Any], title: str) -> None:
             row["name"], f"{row['mbit_s']:.1f}{spread}", " ".join(f"{v:.0f}" for v in row["link_mbit_s"]),
             f"{row['ratio_to_tcp_sum']:.3f}" if "ratio_to_tcp_sum" in row else "-",
             f"{row['ratio_to_mptcp']:.3f}" if "ratio_to_mptcp" in row else "-",
-            f"{row['cpu_s_per_gib']:.2f}", rss_s, "; ".join(notes),
+            f"{row['cpu_s_per_gib']:.2f}", rss_s,
+            f"{row['machine_busy_cores']:.1f} ({row['own_cores']:.1f})" if row.get("machine_busy_cores") is not None
+            and row.get("own_cores") is not None else "-",
+            "; ".join(notes),
         ])
     if summary.get("single_tcp_sum_mbit_s"):
-        body.append(["sum of tcp-link*", f"{summary['single_tcp_sum_mbit_s']:.1f}", "", "1.000", "", "", "", ""])
+        body.append(["sum of tcp-link*", f"{summary['single_tcp_sum_mbit_s']:.1f}", "", "1.000", "", "", "", "", ""])
     try:
         from rich.console import Console
         from rich.table import Table
@@ -823,7 +850,7 @@ def print_table(summary: dict[str, Any], title: str) -> None:
         return
     table = Table(title=title)
     for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i in (0, 2, 7) else "right")
+        table.add_column(h, justify="left" if i in (0, 2, 8) else "right")
     for r in body:
         table.add_row(*r)
     Console(width=max(150, shutil.get_terminal_size().columns)).print(table)

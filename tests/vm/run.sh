@@ -7,7 +7,8 @@
 # EPROTONOSUPPORT), so we boot Debian's kernel with virtme-ng (vng) over the
 # host's own filesystem (read-only 9p root, copy-on-write overlays on /etc,
 # /usr, /var, /tmp, ...). Software emulation only (--disable-kvm): a boot
-# costs ~20-35 s on a 2-core machine.
+# costs ~30-40 s on an idle 2-core machine (~28 s until CMD starts), and
+# runs are serialized with a lock (see below).
 #
 # Inside the VM:
 #   * cwd is the caller's cwd; PATH is the caller's PATH with the repo's
@@ -99,6 +100,17 @@ case "$cwd/" in
     "$repo"/*) ;;
     *) rw+=(--rwdir "$cwd") ;;
 esac
+
+# One VM at a time: each TCG guest keeps 2 host cores busy, so parallel runs
+# on a 2-core machine slow each other several-fold and wreck timings and
+# throughput numbers. The lock fd is inherited by qemu and freed when it exits.
+if [[ "${SCTPBOND_VM_PARALLEL:-0}" != 1 ]] && command -v flock >/dev/null; then
+    exec 9>"${TMPDIR:-/tmp}/sctpbond-vm.lock"
+    if ! flock -n 9; then
+        echo "tests/vm/run.sh: another VM run is active; waiting for it (SCTPBOND_VM_PARALLEL=1 skips this)" >&2
+        flock 9
+    fi
+fi
 
 # QEMU opens /proc/self/fd/1 and /proc/self/fd/2 as "file" chardevs, which
 # truncates a regular file and writes from offset 0. Route both through pipes

@@ -1,4 +1,4 @@
-"""Fixtures that build emulated multi-link hosts in network namespaces (see sctpbond.topology)."""
+"""Shared fixtures: emulated multi-link hosts in network namespaces (see sctpbond.topology)."""
 
 from __future__ import annotations
 

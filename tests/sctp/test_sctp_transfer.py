@@ -1,0 +1,119 @@
+"""Transfers over kernel SCTP between emulated multi-NIC hosts. Runs where the kernel has SCTP: inside the VM
+(tests/vm/run.sh) on hosts without it. Every test checks sha256 and both exit codes, and that the bytes really
+travelled as SCTP DATA chunks on one association per path."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+from sctpbond.topology import LinkSpec, Topology
+from sctpbond.transport import sctp_support
+from tests.integration.harness import random_file, sha256_file, transfer
+
+pytestmark = [pytest.mark.sctp, pytest.mark.netns]
+MiB = 1 << 20
+
+if not sctp_support()[0]:
+    pytestmark.append(pytest.mark.skip(reason="kernel without SCTP: run via tests/vm/run.sh (scripts/test.sh does)"))
+
+
+def snmp(net, host: str) -> dict[str, int]:
+    text = net.run(host, ["cat", "/proc/net/sctp/snmp"], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", text, re.M)}
+
+
+def data_chunks(counters: dict[str, int], direction: str) -> int:
+    return counters.get(f"Sctp{direction}OrderChunks", 0) + counters.get(f"Sctp{direction}UnorderChunks", 0)
+
+
+def _ok(res, tmp, up=None, down=None):
+    assert res.client.rc == 0, res.client.stderr
+    assert res.listener.rc == 0, res.listener.stderr
+    if up is not None:
+        assert sha256_file(tmp / "out_l") == sha256_file(up)
+    if down is not None:
+        assert sha256_file(tmp / "out_c") == sha256_file(down)
+
+
+def _paths(side):
+    return sorted(side.stats["paths"], key=lambda p: p["id"])
+
+
+@pytest.mark.parametrize("topo", ["2x20", "4x20"])
+def test_sctp_duplex_over_every_link(netns_topology, tmp_path, topo):
+    net = netns_topology(topo)
+    n = len(net.topo.links)
+    up = random_file(tmp_path / "up", 12 * MiB)
+    down = random_file(tmp_path / "down", 12 * MiB)
+    before_a, before_b = snmp(net, "a"), snmp(net, "b")
+    res = transfer(net, tmp_path, to_listener=up, to_client=down, client_args=["-t", "sctp"],
+                   listen_args=["-t", "sctp"], timeout=180)
+    _ok(res, tmp_path, up, down)
+    after_a, after_b = snmp(net, "a"), snmp(net, "b")
+    # the bytes crossed as SCTP DATA chunks, both ways (at least one chunk per 1500-byte packet of payload)
+    assert data_chunks(after_a, "Out") - data_chunks(before_a, "Out") > up.stat().st_size // 1500
+    assert data_chunks(after_b, "Out") - data_chunks(before_b, "Out") > down.stat().st_size // 1500
+    assert data_chunks(after_b, "In") - data_chunks(before_b, "In") > up.stat().st_size // 1500
+    assert after_a["SctpActiveEstabs"] - before_a.get("SctpActiveEstabs", 0) == n  # one association per path
+    for side in (res.client, res.listener):
+        paths = _paths(side)
+        assert len(paths) == n and all(p["transport"] == "sctp" for p in paths)
+        assert all(p["bytes_sent"] > 0 and p["bytes_received"] > 0 for p in paths), paths
+    for i, p in enumerate(_paths(res.client)):
+        info = p["transport_info"]
+        # each association's primary is its own link, and it knows the listener's other addresses for failover
+        assert info["primary"] == net.addr("b", i), info
+        assert set(info["peer_addresses"]) >= {net.addr("b", j) for j in range(n)}, info
+    for side in (res.client, res.listener):
+        for p in _paths(side):
+            info = p["transport_info"]
+            data_streams = {str(s) for s in range(1, info["in_streams"])}
+            assert info["in_streams"] >= 2
+            # stream ids really arrive as sent: DATA on every negotiated data stream, control on stream 0
+            assert data_streams <= set(info["streams_seen"]), info
+            assert "0" in info["streams_seen"], info
+
+
+def test_sctp_link_down_kernel_fails_over_inside_the_association(netns_topology, tmp_path):
+    net = netns_topology("2x20")
+    up = random_file(tmp_path / "up", 16 * MiB)
+
+    def cut(net, client, listener):
+        def run():
+            time.sleep(1.5)
+            net.set_link(0, False)
+        threading.Thread(target=run, daemon=True).start()
+
+    # a generous --dead-after leaves the failover to the kernel: the association of path 0 must move to link 1
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, during=cut, timeout=180,
+                   client_args=["-t", "sctp", "--dead-after", "20"], listen_args=["-t", "sctp", "--dead-after", "20"])
+    _ok(res, tmp_path, up)
+    path0 = _paths(res.client)[0]
+    assert path0["alive"], path0  # never failed at our level: the kernel kept the association going
+    events = " | ".join(path0["transport_info"]["events"])
+    assert f"peer address {net.addr('b', 0)} unreachable" in events, events
+    assert path0["transport_info"]["primary"] != net.addr("b", 0) or "unreachable" in events
+
+
+def test_sctp_unequal_delays(netns_topology, tmp_path):
+    topo = Topology("delays", "1 ms and 25 ms", (LinkSpec(20, delay_ms=1), LinkSpec(20, delay_ms=25)))
+    net = netns_topology(topo)
+    up = random_file(tmp_path / "up", 12 * MiB)
+    down = random_file(tmp_path / "down", 4 * MiB)
+    res = transfer(net, tmp_path, to_listener=up, to_client=down, client_args=["-t", "sctp"],
+                   listen_args=["-t", "sctp"], timeout=180)
+    _ok(res, tmp_path, up, down)
+    assert all(p["bytes_sent"] > 0 for p in _paths(res.client))
+
+
+def test_sctp_auto_transport_picks_sctp(netns_topology, tmp_path):
+    net = netns_topology("2x20")
+    up = random_file(tmp_path / "up", 2 * MiB)
+    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=[], timeout=120)
+    _ok(res, tmp_path, up)
+    assert {p["transport"] for p in res.client.stats["paths"]} == {"sctp"}
+    assert "using TCP" not in res.client.stderr
