@@ -503,12 +503,13 @@ class Bench:
     def _feeder(self) -> Proc:
         """The data source, writing into a pipe: SIZE bytes, or for --seconds S, as much as fits in S seconds."""
         cfg = self.cfg
-        if cfg.data == "zero":
-            argv = (["head", "-c", str(cfg.size), "/dev/zero"] if cfg.size is not None
-                    else ["timeout", f"{cfg.seconds}", "cat", "/dev/zero"])
+        if cfg.data == "zero" and cfg.size is not None:
+            argv = ["head", "-c", str(cfg.size), "/dev/zero"]
         else:
-            argv = HELPER + ["gen", "--random"] + (["--size", str(cfg.size)] if cfg.size is not None
-                                                   else ["--seconds", str(cfg.seconds)])
+            # For --seconds the generator starts its clock once the reader has taken a first block, so the
+            # reader's start-up time (long under emulation) does not eat into the measured interval.
+            argv = HELPER + ["gen", *(["--random"] if cfg.data == "random" else [])] + (
+                ["--size", str(cfg.size)] if cfg.size is not None else ["--seconds", str(cfg.seconds)])
         proc = self._popen(None, "feeder", argv, stdout=subprocess.PIPE)
         self._feeders.append(proc)
         return proc
@@ -519,7 +520,11 @@ class Bench:
         flag = {"t": "-Hltn", "sctp": "-HlnS"}[proto]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = self.net.run("b", ["ss", flag, f"sport = :{port}"], capture_output=True, text=True, timeout=5).stdout
+            try:
+                out = self.net.run("b", ["ss", flag, f"sport = :{port}"], capture_output=True, text=True,
+                                   timeout=15).stdout
+            except subprocess.TimeoutExpired:  # a slow (emulated) machine: ask again
+                out = ""
             if out.strip():
                 return
             if proc is not None and proc.finished():
@@ -640,7 +645,10 @@ class Bench:
             cmds.append(("a", ["ip", "mptcp", "endpoint", "add", net.addr("a", i), "dev", net.ifname("a", i),
                                "subflow"]))
         for host, argv in cmds:
-            r = net.run(host, argv, capture_output=True, text=True, timeout=10)
+            try:
+                r = net.run(host, argv, capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"mptcp setup: `{' '.join(argv)}` did not finish in 30 s") from None
             if r.returncode != 0:
                 raise BenchError(f"mptcp setup failed: {' '.join(argv)}: {r.stderr.strip() or r.returncode}")
 
@@ -800,7 +808,7 @@ def summarize(runs: list[RunResult], links: list[int]) -> dict[str, Any]:
     singles = [med.get(f"tcp-link{i}") for i in links]
     tcp_sum = round(sum(singles), 2) if singles and all(s is not None for s in singles) else None  # type: ignore[arg-type]
     for row in rows:
-        if tcp_sum and row.get("mbit_s") and not row["name"].startswith("tcp-link"):
+        if tcp_sum and row.get("mbit_s") and "-link" not in row["name"]:
             row["ratio_to_tcp_sum"] = round(row["mbit_s"] / tcp_sum, 3)
     out: dict[str, Any] = {"single_tcp_sum_mbit_s": tcp_sum, "rows": rows}
     if "mptcp" in med:
@@ -870,7 +878,9 @@ def plot(runs: list[RunResult], summary: dict[str, Any], out: Path, title: str) 
     except ImportError:
         raise BenchError("--plot needs matplotlib (pip install matplotlib)") from None
     chosen = {row["name"]: row.get("median_rep") for row in summary["rows"] if "mbit_s" in row}
-    shown = [r for r in runs if r.ok and chosen.get(r.name) == r.rep and r.series]
+    order = {row["name"]: i for i, row in enumerate(summary["rows"])}
+    shown = sorted((r for r in runs if r.ok and chosen.get(r.name) == r.rep and r.series),
+                   key=lambda r: order[r.name])
     if not shown:
         raise BenchError("--plot: no successful run to draw")
     cols = 2 if len(shown) > 1 else 1
@@ -941,8 +951,11 @@ def run_bench(cfg: BenchConfig, *, json_out: Path | None = None, plot_out: Path 
                         t0 = time.monotonic()
                         try:
                             r = getattr(bench, method)(*args, rep)
-                        except BenchError as exc:
-                            r = RunResult(name, method, rep, error=str(exc))
+                        except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                            if not isinstance(exc, BenchError):
+                                exc = BenchError(f"{name}: {type(exc).__name__}: {exc}")
+                            kind = "sctpbond" if name.startswith("sctpbond") else name.split("-link")[0]
+                            r = RunResult(name, kind, rep, error=str(exc))
                             click.echo(f"  FAILED: {exc}", err=True)
                         else:
                             click.echo(f"  {name}: {r.mbit_s:.1f} Mbit/s in {r.seconds:.2f} s"
@@ -966,9 +979,8 @@ def run_bench(cfg: BenchConfig, *, json_out: Path | None = None, plot_out: Path 
         "summary": summary,
         "runs": [asdict(r) for r in runs],
     }
-    title = (f"sctpbond bench: {topo.name} ({topo.description}), "
-             + (f"{cfg.size / MiB:g} MiB" if cfg.size is not None else f"{cfg.seconds:g} s")
-             + f", {host['cpus']} CPUs, kernel {host['kernel']}")
+    title = _title(report)
+    report["title"] = title
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=1) + "\n")
@@ -979,6 +991,13 @@ def run_bench(cfg: BenchConfig, *, json_out: Path | None = None, plot_out: Path 
     if failed:
         raise BenchError(f"{len(failed)} of {len(runs) - len(skipped)} runs failed; first: {failed[0].error}")
     return report
+
+
+def _title(report: dict[str, Any]) -> str:
+    cfg, host = report["config"], report["host"]
+    size = f"{cfg['size'] / MiB:g} MiB" if cfg["size"] is not None else f"{cfg['seconds']:g} s"
+    return (f"sctpbond bench: {cfg['topology_name']} ({cfg['description']}), {size}, {host['cpus']} CPUs, "
+            f"kernel {host['kernel']}")
 
 
 def _split_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -1098,20 +1117,44 @@ def _mptcp_send(addr: str, port: int) -> None:
     sock.close()
 
 
+def _wait_reader_started(fd: int, limit: float = 600.0) -> None:
+    """Block until the reader of pipe fd has taken some of what is in it (FIONREAD falls), or `limit` passes.
+
+    The reader may have grown the pipe to hold our whole first block, so a completed write proves nothing."""
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return
+    first = buf[0]
+    deadline = time.monotonic() + limit
+    while first and time.monotonic() < deadline:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+        if buf[0] < first:
+            return
+        time.sleep(0.005)
+
+
 def _gen(size: int | None, seconds: float | None, random_data: bool) -> None:
     """Write size bytes (or for `seconds`) of zeros or random data to stdout."""
     block = bytearray(1 << 20)
-    deadline = None if seconds is None else time.monotonic() + seconds
+    deadline = None
     left = size if size is not None else -1
-    out = sys.stdout.buffer
     try:
         while left != 0 and (deadline is None or time.monotonic() < deadline):
             n = len(block) if left < 0 else min(left, len(block))
-            chunk = os.urandom(n) if random_data else memoryview(block)[:n]
-            out.write(chunk)
+            view = memoryview(os.urandom(n) if random_data else block)[:n]
+            while view:
+                view = view[os.write(1, view):]
             if left > 0:
                 left -= n
-        out.flush()
+            if deadline is None and seconds is not None:
+                _wait_reader_started(1)
+                deadline = time.monotonic() + seconds
     except BrokenPipeError:
         pass
 
@@ -1126,6 +1169,9 @@ def _helper_main(argv: list[str]) -> None:
     s = sub.add_parser("mptcp-send")
     s.add_argument("addr")
     s.add_argument("--port", type=int, default=MPTCP_PORT)
+    pl = sub.add_parser("plot", help="redraw the plot of a --json report")
+    pl.add_argument("json")
+    pl.add_argument("png")
     g = sub.add_parser("gen")
     g.add_argument("--size", type=int)
     g.add_argument("--seconds", type=float)
@@ -1136,6 +1182,10 @@ def _helper_main(argv: list[str]) -> None:
             _mptcp_recv(a.port)
         elif a.cmd == "mptcp-send":
             _mptcp_send(a.addr, a.port)
+        elif a.cmd == "plot":
+            report = json.loads(Path(a.json).read_text())
+            runs = [RunResult(**r) for r in report["runs"]]
+            plot(runs, report["summary"], Path(a.png), report.get("title") or _title(report))
         else:
             _gen(a.size, a.seconds, a.random)
     except OSError as exc:

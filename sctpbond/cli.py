@@ -302,11 +302,11 @@ def topo_show(topology: str | None) -> None:
         click.echo(f"  link {i}: {rate}, loss {link.loss_pct:g} %, delay {link.delay_ms:g} ms")
 
 
-if __name__ == "__main__":
-    main()
-
 from .bench import bench as _bench_cmd  # noqa: E402
 from .demo import demo as _demo_cmd  # noqa: E402
 
 main.add_command(_bench_cmd)
 main.add_command(_demo_cmd)
+
+if __name__ == "__main__":
+    main()

@@ -61,6 +61,7 @@ class SessionRunner:
         self._all_down_since: float | None = None
         self._peer_closed: set[int] = set()  # paths the peer closed or reset (vs. went silent)
         self.output_bytes = 0
+        self._final_info: dict[int, dict] = {}
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     def _spawn(self, name: str, target: Callable, *args: object) -> None:
@@ -227,7 +228,14 @@ class SessionRunner:
 
     def _ticker(self) -> None:
         cfg = self.config
+        polled = time.monotonic()
         while not self._stop.wait(cfg.tick):
+            if time.monotonic() - polled >= 1.0:  # per-path transport state (SCTP srtt, cwnd, primary) for stats
+                polled = time.monotonic()
+                with self.lock:
+                    live = list(self.channels.values())
+                for channel in live:
+                    channel.info()
             down: list[tuple[int, Channel]] = []
             with self.lock:
                 now = self.clock()
@@ -290,6 +298,8 @@ class SessionRunner:
             if t.name.startswith(wait_for):
                 t.join(max(0.0, deadline - time.monotonic()))
         self._stop.set()
+        for pid, channel in channels.items():  # last transport state, while the sockets still exist
+            self._final_info[pid] = channel.info()
         for channel in channels.values():
             channel.abort()
             channel.close()
@@ -301,6 +311,6 @@ class SessionRunner:
                 channel = self.channels.get(entry["id"])
                 entry["transport"] = channel.transport if channel else None
                 if channel is not None:
-                    entry["transport_info"] = channel.info()
+                    entry["transport_info"] = self._final_info.get(entry["id"]) or channel.info()
         stats["output_bytes"] = self.output_bytes
         return stats

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import socket
 from collections.abc import Sequence
 
 from ..errors import AddressInUseError, ConnectError, TransportError, UsageError
@@ -52,6 +53,30 @@ class Channel(abc.ABC):
     def info(self) -> dict:
         """Transport-level details for --stats-json (SCTP: state, srtt, cwnd, rto)."""
         return {}
+
+
+class SocketChannel(Channel):
+    """A channel over one connected socket `self.sock` (TCP, or the stdlib side of an SCTP association)."""
+
+    sock: socket.socket
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Listener(abc.ABC):

@@ -28,7 +28,7 @@ import sctp as pysctp  # pysctp
 
 from ..errors import RemoteProtocolError, TransportError
 from ..proto.frames import MAX_FRAME, parse_header
-from .base import Buffer, Channel, Listener, bind_error, connect_error
+from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
 
 SOL_SCTP = 132
 SCTP_RTOINFO = 0
@@ -46,6 +46,9 @@ RCVINFO = struct.Struct("=HHHxxIIIIi")  # sid, ssn, flags, ppid, tsn, cumtsn, co
 RTOINFO = struct.Struct("=iIII")  # assoc_id, initial, max, min (ms)
 INITMSG = struct.Struct("=HHHH")  # num_ostreams, max_instreams, max_attempts, max_init_timeo
 EVENT = struct.Struct("=iHBx")  # assoc_id, type, on
+PADDRPARAMS = struct.Struct("=i128sIHIIIIBx")  # assoc_id, addr, hbinterval, pathmaxrxt, pathmtu, sackdelay, flags,
+SCTP_PEER_ADDR_PARAMS = 9  # ipv6_flowlabel, dscp (the kernel's packed struct sctp_paddrparams)
+SPP_HB_ENABLE = 1
 NOTIF_HEAD = struct.Struct("=HHI")  # sn_type, sn_flags, sn_length
 
 # RFC 6458 notification types (Linux values)
@@ -63,13 +66,19 @@ _SOCKBUF = 8 << 20  # a message must fit in the send buffer: room for several 1 
 HB_INTERVAL_MS, PATH_MAX_RXT, RTO_INITIAL_MS, RTO_MIN_MS, RTO_MAX_MS = 200, 2, 200, 50, 1000
 
 
-def local_addresses(family: int = socket.AF_INET, include_loopback: bool = False) -> list[str]:
-    """IPv4 addresses of this host (of its current network namespace), from netlink."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=family)]
-    return [a for a in addrs if a and (include_loopback or not ipaddress.ip_address(a).is_loopback)]
+def local_addresses(include_loopback: bool = False) -> list[str]:
+    """Every IPv4 address of this host (of its network namespace), secondary ones included: the /32 "host LOCAL"
+    entries of the kernel's FIB. Read from /proc rather than netlink because it is cheap at every connect."""
+    addrs: list[str] = []
+    last = None
+    with open("/proc/net/fib_trie") as f:
+        for line in f:
+            text = line.strip()
+            if text.startswith(("|--", "+--")):
+                last = text.split()[1]
+            elif text.endswith("/32 host LOCAL") and last:
+                addrs.append(last)
+    return [a for a in dict.fromkeys(addrs) if include_loopback or not ipaddress.ip_address(a).is_loopback]
 
 
 def _tune(sk: pysctp.sctpsocket, streams: int) -> None:
@@ -90,21 +99,18 @@ def _tune(sk: pysctp.sctpsocket, streams: int) -> None:
             raw.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
 
 
-def _tune_paths(sk: pysctp.sctpsocket) -> None:
-    """Fast failover between the association's addresses (heartbeats, retransmission limit)."""
-    for addr in sk.getpaddrs():
-        params = pysctp.paddrparams()
-        params.sockaddr = tuple(addr[:2])
-        params.hbinterval = HB_INTERVAL_MS
-        params.pathmaxrxt = PATH_MAX_RXT
-        params.flags = pysctp.paddrparams.flags_HB_ENABLED
-        try:
-            sk.set_paddrparams(params)
-        except (OSError, RuntimeError):
-            pass  # best effort: defaults still fail over, only later
+def _tune_paths(raw: socket.socket) -> None:
+    """Fast failover between the association's addresses: heartbeat interval and retransmission limit for every
+    peer address at once (a zero address). Done with the stdlib: pysctp's set_paddrparams drops spp_flags, and
+    without SPP_HB_ENABLE the kernel ignores the heartbeat interval (docs/sctp-notes.md)."""
+    params = PADDRPARAMS.pack(0, bytes(128), HB_INTERVAL_MS, PATH_MAX_RXT, 0, 0, SPP_HB_ENABLE, 0, 0)
+    try:
+        raw.setsockopt(SOL_SCTP, SCTP_PEER_ADDR_PARAMS, params)
+    except OSError:
+        pass  # best effort: the defaults still fail over, only later
 
 
-class SctpChannel(Channel):
+class SctpChannel(SocketChannel):
     transport = "sctp"
 
     def __init__(self, sk: pysctp.sctpsocket, unordered: bool = True) -> None:
@@ -122,10 +128,9 @@ class SctpChannel(Channel):
         self.streams_seen: Counter[int] = Counter()
         self.events: list[str] = []
         self._events_lock = threading.Lock()
-        _tune_paths(sk)
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds)
+        self._status: dict = {}
+        _tune_paths(self.sock)
+        self.info()
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         sid = next(self._data_streams) if data else 0
@@ -186,17 +191,6 @@ class SctpChannel(Channel):
             self.events.append(text)
             del self.events[:-64]  # bounded
 
-    def shutdown_write(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def abort(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self.sk.close()
@@ -209,12 +203,13 @@ class SctpChannel(Channel):
         try:
             st = self.sk.get_status()
             prim = st.primary
-            out.update(state=st.state, rwnd=st.rwnd, unacked_chunks=st.unackdata, pending_chunks=st.penddata,
-                       primary=str(prim.sockaddr[0]), primary_state=prim.state, cwnd=prim.cwnd,
-                       srtt_ms=prim.srtt, rto_ms=prim.rto, mtu=prim.mtu)
-            out["peer_addresses"] = [str(a[0]) for a in self.sk.getpaddrs()]
+            self._status = dict(state=st.state, rwnd=st.rwnd, unacked_chunks=st.unackdata,
+                                pending_chunks=st.penddata, primary=str(prim.sockaddr[0]), primary_state=prim.state,
+                                cwnd=prim.cwnd, srtt_ms=prim.srtt, rto_ms=prim.rto, mtu=prim.mtu,
+                                peer_addresses=[str(a[0]) for a in self.sk.getpaddrs()])
         except (OSError, RuntimeError):
-            pass
+            pass  # association gone (closed or aborted): report its last known state
+        out.update(self._status)
         return out
 
 

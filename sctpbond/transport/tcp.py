@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 from ..errors import RemoteProtocolError, TransportError
 from ..proto.frames import HEADER_SIZE, parse_header
-from .base import Buffer, Channel, Listener, bind_error, connect_error
+from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
 
 
 def _family(addr: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-class TcpChannel(Channel):
+class TcpChannel(SocketChannel):
     transport = "tcp"
 
     def __init__(self, sock: socket.socket) -> None:
@@ -28,9 +28,6 @@ class TcpChannel(Channel):
         self.local = sock.getsockname()[:2]
         self.remote = sock.getpeername()[:2]
         self._header = bytearray(HEADER_SIZE)
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds)
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         try:
@@ -69,20 +66,6 @@ class TcpChannel(Channel):
             raise RemoteProtocolError(f"{self.label} closed in the middle of a frame")
         return view
 
-    def shutdown_write(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def abort(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 5.0) -> TcpChannel:

@@ -68,14 +68,18 @@ def test_sctp_duplex_over_every_link(netns_topology, tmp_path, topo):
         # each association's primary is its own link, and it knows the listener's other addresses for failover
         assert info["primary"] == net.addr("b", i), info
         assert set(info["peer_addresses"]) >= {net.addr("b", j) for j in range(n)}, info
+    checked = 0
     for side in (res.client, res.listener):
         for p in _paths(side):
             info = p["transport_info"]
             data_streams = {str(s) for s in range(1, info["in_streams"])}
             assert info["in_streams"] >= 2
-            # stream ids really arrive as sent: DATA on every negotiated data stream, control on stream 0
-            assert data_streams <= set(info["streams_seen"]), info
-            assert "0" in info["streams_seen"], info
+            assert "0" in info["streams_seen"], info  # control frames on stream 0
+            if p["chunks_received"] >= 2 * len(data_streams):
+                # stream ids really arrive as sent: DATA striped over every negotiated data stream
+                assert data_streams <= set(info["streams_seen"]), info
+                checked += 1
+    assert checked >= n, "too few DATA messages per association to check the stream striping"
 
 
 def test_sctp_link_down_kernel_fails_over_inside_the_association(netns_topology, tmp_path):
@@ -95,8 +99,10 @@ def test_sctp_link_down_kernel_fails_over_inside_the_association(netns_topology,
     path0 = _paths(res.client)[0]
     assert path0["alive"], path0  # never failed at our level: the kernel kept the association going
     events = " | ".join(path0["transport_info"]["events"])
-    assert f"peer address {net.addr('b', 0)} unreachable" in events, events
-    assert path0["transport_info"]["primary"] != net.addr("b", 0) or "unreachable" in events
+    # the kernel noticed: the dead address was reported unreachable, or another address was made primary
+    moved = (f"peer address {net.addr('b', 0)} unreachable" in events
+             or f"peer address {net.addr('b', 1)} made-primary" in events)
+    assert moved, events
 
 
 def test_sctp_unequal_delays(netns_topology, tmp_path):
