@@ -6,6 +6,8 @@ One invocation builds the topology (unique namespace prefix, always torn down), 
                   reference; their sum is the figure a perfect striper reaches.
 * ``tcp-parallel`` (opt-in) one iperf3 per link, all at once: what independent TCP flows get from the links
                   and the CPUs together.
+* ``tcp-pipe``    (opt-in) one plain TCP connection on link 0 fed from the same pipe by the same small Python
+                  sender as MPTCP: the single-connection reference for sctpbond's own overhead.
 * ``mptcp``       kernel MPTCP, one subflow per link (in-kernel path manager, `ip mptcp endpoint ... subflow`
                   as the kernel's mptcp selftests do), fed from a pipe like sctpbond.
 * ``sctp-linkI``  plain SCTP (iperf3 --sctp) per link, where the kernel has SCTP.
@@ -16,7 +18,8 @@ accept() to EOF; sctpbond listener's session from first handshake to the end), C
 os.wait4() on each process, and per-link throughput comes from the veth tx counters of host a (netlink
 IFLA_STATS64), sampled every --interval seconds for a time series of every run.
 
-The module doubles as the tiny MPTCP sender/receiver: ``python -m sctpbond.bench mptcp-recv|mptcp-send``.
+The module doubles as the tiny MPTCP/TCP sender and receiver, the data generator and a plot redrawer:
+``python -m sctpbond.bench stream-recv|stream-send|gen|plot``.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ IPPROTO_MPTCP = 262
 IPERF_PORT = 5201
 BOND_PORT = 7300
 MPTCP_PORT = 7400
-KNOWN_BASELINES = ("tcp", "tcp-parallel", "mptcp", "sctp")
+KNOWN_BASELINES = ("tcp", "tcp-parallel", "tcp-pipe", "mptcp", "sctp")
 DEFAULT_BASELINES = "tcp,mptcp,sctp"
 SCTPBOND = [sys.executable, "-m", "sctpbond"]
 HELPER = [sys.executable, "-m", "sctpbond.bench"]
@@ -629,8 +632,10 @@ class Bench:
         res.detail = {"per_flow_mbit_s": per_flow}
         procs = {f"sender{i}": c for i, c in enumerate(clients)} | {f"receiver{i}": s for i, s in enumerate(servers)}
         res.finish(total_bytes, seconds, link_bytes, series, procs)
-        # Sum of per-flow rates: each flow is timed by its own receiver (they end at different times).
+        # Sum of per-flow rates: each flow is timed by its own receiver (with -n they end at different times).
         res.mbit_s = round(sum(per_flow), 2)
+        for i, rate in zip(self.links, per_flow):
+            res.link_mbit_s[i] = rate
         return res
 
     def _mptcp_setup(self) -> None:
@@ -653,20 +658,33 @@ class Bench:
                 raise BenchError(f"mptcp setup failed: {' '.join(argv)}: {r.stderr.strip() or r.returncode}")
 
     def mptcp(self, rep: int) -> RunResult:
-        res = RunResult("mptcp", "mptcp", rep, links=list(self.links))
+        """Kernel MPTCP, one subflow per link, fed from the same kind of pipe as sctpbond."""
         self._mptcp_setup()
-        out = self._tmp("mptcp-recv.json")
+        res = self._pipe_stream(RunResult("mptcp", "mptcp", rep, links=list(self.links)), IPPROTO_MPTCP)
+        self._check_all_links(res)
+        return res
+
+    def tcp_pipe(self, rep: int) -> RunResult:
+        """One plain TCP connection on link 0 fed from the same pipe, by the same tiny Python sender as MPTCP:
+        the reference for sctpbond's own overhead (iperf3 sends from memory and never reads a pipe)."""
+        return self._pipe_stream(RunResult("tcp-pipe", "tcp-pipe", rep, links=[self.links[0]]), socket.IPPROTO_TCP)
+
+    def _pipe_stream(self, res: RunResult, proto: int) -> RunResult:
+        what = "mptcp" if proto == IPPROTO_MPTCP else "tcp"
+        out = self._tmp(f"{what}-recv.json")
         with open(out, "wb") as fout:
-            recv = self._popen("b", "mptcp receiver", HELPER + ["mptcp-recv", "--port", str(MPTCP_PORT)], stdout=fout)
+            recv = self._popen("b", f"{what} receiver", HELPER + ["stream-recv", "--port", str(MPTCP_PORT),
+                                                                  "--proto", str(proto)], stdout=fout)
         feeder = None
         try:
             self._wait_listening(MPTCP_PORT, proc=recv)
             start = self._mark()
             feeder = self._feeder()
-            send = self._popen("a", "mptcp sender", HELPER + ["mptcp-send", self.net.addr("b", self.links[0]),
-                                                              "--port", str(MPTCP_PORT)], stdin=feeder.popen.stdout)
+            send = self._popen("a", f"{what} sender", HELPER + ["stream-send", self.net.addr("b", res.links[0]),
+                                                                "--port", str(MPTCP_PORT), "--proto", str(proto)],
+                               stdin=feeder.popen.stdout)
             pipe_of(feeder.popen.stdout).close()  # the sender holds the pipe now: the feeder gets SIGPIPE if it dies
-            series, link_bytes = self._watch([send, recv], res.name, self.links, start)
+            series, link_bytes = self._watch([send, recv], res.name, res.links, start)
         finally:
             recv.kill()
             if feeder is not None:
@@ -681,9 +699,9 @@ class Bench:
         if self.cfg.size is not None and data["bytes"] != self.cfg.size:
             raise BenchError(f"{res.name}: received {data['bytes']} bytes of {self.cfg.size}")
         res.wall_s = send.wall_s
-        res.detail = {"subflows_seen": data.get("subflows")}
+        if proto == IPPROTO_MPTCP:
+            res.detail = {"subflows_seen": data.get("subflows")}
         res.finish(data["bytes"], data["seconds"], link_bytes, series, {"sender": send, "receiver": recv})
-        self._check_all_links(res)
         return res
 
     def _check_all_links(self, res: RunResult) -> None:
@@ -759,6 +777,8 @@ def plan(cfg: BenchConfig, n_links: int, host: dict[str, Any]) -> tuple[list[tup
         todo += [(f"tcp-link{i}", "iperf_single", (i, "tcp")) for i in links]
     if "tcp-parallel" in cfg.baselines:
         todo.append(("tcp-parallel", "iperf_parallel", ()))
+    if "tcp-pipe" in cfg.baselines:
+        todo.append(("tcp-pipe", "tcp_pipe", ()))
     if "mptcp" in cfg.baselines:
         ok, why = kernel_has_mptcp()
         if ok:
@@ -888,8 +908,9 @@ def plot(runs: list[RunResult], summary: dict[str, Any], out: Path, title: str) 
     fig, axes = plt.subplots(nrows, cols, figsize=(6.4 * cols, 2.6 * nrows + 0.6), squeeze=False)
     for ax, r in zip(axes.flat, shown):
         t = r.series["t"]
+        peak = max((max(ys) for ys in r.series["link_mbit_s"] if ys), default=0.0)
         for i, ys in enumerate(r.series["link_mbit_s"]):
-            if any(ys) or i in r.links:
+            if i in r.links or (ys and max(ys) > 0.02 * peak):  # skip links that carried only ARP and the like
                 ax.plot(t, ys, label=f"link {i}", linewidth=1.1, color=f"C{i % 10}")
         if len(r.links) > 1:
             total = [sum(v) for v in zip(*r.series["link_mbit_s"])]
@@ -899,7 +920,7 @@ def plot(runs: list[RunResult], summary: dict[str, Any], out: Path, title: str) 
         ax.set_ylabel("Mbit/s")
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best", framealpha=0.7)
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
@@ -1068,12 +1089,12 @@ def bench(topology: str, transport: str, size_text: str | None, seconds: float |
     go()
 
 
-# --- helper processes: MPTCP sender/receiver, data generator -------------------------------------------------------
+# --- helper processes: MPTCP/TCP sender and receiver, data generator -------------------------------------------------------
 
 
-def _mptcp_recv(port: int) -> None:
-    """Accept one MPTCP connection, discard what it sends, print {"bytes", "seconds"} (accept to EOF)."""
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+def _stream_recv(port: int, proto: int) -> None:
+    """Accept one MPTCP (or TCP) connection, discard what it sends, print {"bytes", "seconds"} (accept to EOF)."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", port))
     srv.listen(1)
@@ -1087,7 +1108,7 @@ def _mptcp_recv(port: int) -> None:
     while n := conn.recv_into(buf):
         total += n
         calls += 1
-        if calls % 256 == 1:
+        if proto == IPPROTO_MPTCP and calls % 256 == 1:
             with contextlib.suppress(OSError):
                 # struct mptcp_info (SOL_MPTCP=284, MPTCP_INFO=1): byte 0 is mptcpi_subflows, the subflows
                 # besides the initial one; keep the most seen (they close at the end).
@@ -1098,9 +1119,9 @@ def _mptcp_recv(port: int) -> None:
     print(json.dumps({"bytes": total, "seconds": seconds, "subflows": subflows}), flush=True)
 
 
-def _mptcp_send(addr: str, port: int) -> None:
-    """Send stdin over one MPTCP connection, then wait for the receiver to close (all delivered)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+def _stream_send(addr: str, port: int, proto: int) -> None:
+    """Send stdin over one MPTCP (or TCP) connection, then wait for the receiver to close (all delivered)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
     sock.settimeout(10)
     sock.connect((addr, port))
     sock.settimeout(None)
@@ -1164,11 +1185,13 @@ def _helper_main(argv: list[str]) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m sctpbond.bench")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("mptcp-recv")
+    r = sub.add_parser("stream-recv")
     r.add_argument("--port", type=int, default=MPTCP_PORT)
-    s = sub.add_parser("mptcp-send")
+    r.add_argument("--proto", type=int, default=IPPROTO_MPTCP)
+    s = sub.add_parser("stream-send")
     s.add_argument("addr")
     s.add_argument("--port", type=int, default=MPTCP_PORT)
+    s.add_argument("--proto", type=int, default=IPPROTO_MPTCP)
     pl = sub.add_parser("plot", help="redraw the plot of a --json report")
     pl.add_argument("json")
     pl.add_argument("png")
@@ -1178,10 +1201,10 @@ def _helper_main(argv: list[str]) -> None:
     g.add_argument("--random", action="store_true")
     a = ap.parse_args(argv)
     try:
-        if a.cmd == "mptcp-recv":
-            _mptcp_recv(a.port)
-        elif a.cmd == "mptcp-send":
-            _mptcp_send(a.addr, a.port)
+        if a.cmd == "stream-recv":
+            _stream_recv(a.port, a.proto)
+        elif a.cmd == "stream-send":
+            _stream_send(a.addr, a.port, a.proto)
         elif a.cmd == "plot":
             report = json.loads(Path(a.json).read_text())
             runs = [RunResult(**r) for r in report["runs"]]

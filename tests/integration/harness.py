@@ -109,3 +109,14 @@ def transfer(net: Network, tmp: Path, *, to_listener: Path | None, to_client: Pa
 
     return Result(Side(listener.returncode, lerr, load(lstats)), Side(client.returncode, cerr, load(cstats)),
                   elapsed)
+
+
+def assert_ok(res: Result, tmp: Path, to_listener: Path | None = None, to_client: Path | None = None) -> None:
+    """Both processes exited 0 and every byte sent arrived exactly (sha256) on the other side."""
+    assert res.client.rc == 0, res.client.stderr
+    assert res.listener.rc == 0, res.listener.stderr
+    if to_listener is not None:
+        assert sha256_file(tmp / "out_l") == sha256_file(to_listener)
+        assert res.client.stats["bytes_acked"] == to_listener.stat().st_size
+    if to_client is not None:
+        assert sha256_file(tmp / "out_c") == sha256_file(to_client)

@@ -233,3 +233,12 @@ def test_peer_killed_mid_transfer_fails_the_other_side(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_doctor_reports_what_the_host_supports():
+    proc = run(["doctor"])
+    assert proc.returncode == 0, proc.stderr
+    assert "kernel SCTP" in proc.stdout and "MPTCP" in proc.stdout and "interfaces:" in proc.stdout
+    expected = "available" if sctp_support()[0] else "modprobe sctp"
+    assert expected in proc.stdout.splitlines()[1], proc.stdout
+    assert "127.0.0.1/8" in proc.stdout

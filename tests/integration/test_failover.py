@@ -11,18 +11,11 @@ import pytest
 
 from sctpbond.topology import LinkSpec, Topology
 
-from .harness import SCTPBOND, random_file, sha256_file, transfer, wait_listening
+from .harness import SCTPBOND, assert_ok as _ok, random_file, transfer, wait_listening
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
 SIZE = 128 * MiB
-
-
-def _ok(res, tmp, up):
-    assert res.client.rc == 0, res.client.stderr
-    assert res.listener.rc == 0, res.listener.stderr
-    assert sha256_file(tmp / "out_l") == sha256_file(up)
-    assert res.client.stats["bytes_acked"] == up.stat().st_size
 
 
 def _path(side, pid):

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from .harness import random_file, sha256_file, transfer
+from .harness import assert_ok as _check_ok, random_file, transfer
 
 pytestmark = pytest.mark.netns
 
 MiB = 1 << 20
-
-
-def _check_ok(res, tmp, sent_to_listener, sent_to_client):
-    assert res.client.rc == 0, res.client.stderr
-    assert res.listener.rc == 0, res.listener.stderr
-    if sent_to_listener is not None:
-        assert sha256_file(tmp / "out_l") == sha256_file(sent_to_listener)
-    if sent_to_client is not None:
-        assert sha256_file(tmp / "out_c") == sha256_file(sent_to_client)
 
 
 @pytest.mark.parametrize("topo", ["2x200", "4x200"])

@@ -123,3 +123,13 @@ def test_sctp_auto_transport_picks_sctp(netns_topology, tmp_path):
     _ok(res, tmp_path, up)
     assert {p["transport"] for p in res.client.stats["paths"]} == {"sctp"}
     assert "using TCP" not in res.client.stderr
+
+
+def test_doctor_sees_kernel_sctp():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sctpbond", "doctor"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[ok] kernel SCTP    available" in out.stdout, out.stdout
+    assert "auto picks sctp" in out.stdout

@@ -1,0 +1,72 @@
+"""`sctpbond doctor`: what this host supports (SCTP, pysctp, addresses per interface, MPTCP, the test VM)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from .transport import sctp_support
+
+
+def _mptcp() -> tuple[bool, str]:
+    try:
+        enabled = Path("/proc/sys/net/mptcp/enabled").read_text().strip() == "1"
+    except OSError:
+        return False, "no MPTCP in this kernel"
+    return enabled, "enabled" if enabled else "present but disabled (sysctl net.mptcp.enabled=1)"
+
+
+def _pysctp() -> tuple[bool, str]:
+    try:
+        import sctp  # noqa: F401  (pysctp)
+    except ImportError as exc:
+        return False, f"not importable ({exc}); pip install 'pysctp==0.7.3'"
+    return True, "importable"
+
+
+def _interfaces() -> list[tuple[str, str, list[str]]]:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: (link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_OPERSTATE"))
+                 for link in ipr.get_links()}
+        addrs: dict[int, list[str]] = {}
+        for a in ipr.get_addr():
+            addrs.setdefault(a["index"], []).append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    return [(name, state, addrs.get(idx, [])) for idx, (name, state) in sorted(names.items())]
+
+
+def _vm_kernel() -> str:
+    images = [p for p in sorted(glob.glob("/boot/vmlinuz-*"))
+              if os.path.isdir(f"/lib/modules/{p.split('vmlinuz-', 1)[1]}/kernel/net/sctp")]
+    return images[-1] if images else ""
+
+
+@click.command()
+def doctor() -> None:
+    """Report what this host supports: kernel SCTP, pysctp, addresses per interface, MPTCP."""
+
+    def line(ok: bool, what: str, detail: str) -> None:
+        click.echo(f"  [{'ok' if ok else '--'}] {what:14} {detail}")
+
+    click.echo(f"sctpbond doctor on {socket.gethostname()} (kernel {os.uname().release})")
+    ok, why = sctp_support()
+    line(ok, "kernel SCTP", "available" if ok else why)
+    has_pysctp, pysctp_detail = _pysctp()
+    line(has_pysctp, "pysctp", pysctp_detail)
+    line(True, "--transport", f"auto picks {'sctp' if ok and has_pysctp else 'tcp'}")
+    mptcp_ok, mptcp_detail = _mptcp()
+    line(mptcp_ok, "MPTCP", mptcp_detail)
+    vm = _vm_kernel()
+    line(bool(vm) or ok, "SCTP test VM", f"kernel {vm} (tests/vm/run.sh)" if vm else
+         ("not needed" if ok else "none: bash scripts/setup.sh installs one"))
+    click.echo("  interfaces:")
+    try:
+        for name, state, addrs in _interfaces():
+            click.echo(f"    {name:12} {str(state).lower():8} {', '.join(addrs) or '-'}")
+    except Exception as exc:  # doctor reports, it does not fail
+        click.echo(f"    cannot list interfaces: {exc}")
