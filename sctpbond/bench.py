@@ -301,6 +301,51 @@ def cpu_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
+def proc_cpu_ticks() -> dict[int, tuple[int, int, str]]:
+    """pid -> (utime+stime clock ticks, ppid, comm) for every process: to tell our CPU from everyone else's."""
+    out: dict[int, tuple[int, int, str]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1: raw.rindex(")")]
+        rest = raw[raw.rindex(")") + 2:].split()
+        out[int(entry.name)] = (int(rest[11]) + int(rest[12]), int(rest[1]), comm)
+    return out
+
+
+def foreign_cores(before: dict[int, tuple[int, int, str]], after: dict[int, tuple[int, int, str]],
+                  seconds: float) -> tuple[float, list[str]]:
+    """CPUs used during the interval by processes that are neither ours (this process and its descendants) nor
+    kernel threads (whose network work, e.g. ksoftirqd, is part of the measurement); and the top users."""
+    me = os.getpid()
+
+    def ours(pid: int) -> bool:
+        seen = 0
+        while pid > 1 and seen < 64:
+            if pid == me:
+                return True
+            pid = after.get(pid, before.get(pid, (0, 0, "")))[1]
+            seen += 1
+        return False
+
+    hz = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid, (ticks, ppid, comm) in after.items():
+        if pid == 2 or ppid == 2 or ours(pid):
+            continue
+        delta = (ticks - before.get(pid, (0, 0, ""))[0]) / hz
+        if delta > 0:
+            used[comm] = used.get(comm, 0.0) + delta
+    total = sum(used.values()) / max(seconds, 1e-9)
+    top = [f"{c} {v / max(seconds, 1e-9):.2f}" for c, v in sorted(used.items(), key=lambda kv: -kv[1])[:3]
+           if v / max(seconds, 1e-9) >= 0.05]
+    return round(total, 2), top
+
+
 @dataclass
 class Series:
     """Per-link Mbit/s over time (each point is the rate over the interval that ends at t)."""
@@ -309,6 +354,8 @@ class Series:
     t: list[float] = field(default_factory=list)
     link_mbit_s: list[list[float]] = field(default_factory=list)  # [link][sample]
     machine_busy_cores: float | None = None  # CPUs busy (all processes, kernel included) during the run
+    foreign_cores: float | None = None  # CPUs used by other people's processes during the run
+    foreign_top: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"interval_s": self.interval_s, "t": [round(x, 3) for x in self.t],
@@ -332,6 +379,7 @@ def watch(procs: Sequence[Proc], counters: Counters, *, timeout: float, interval
     prev, prev_t = first, t0
     deadline = t0 + timeout
     busy0, total0 = cpu_jiffies()
+    procs0, wall0 = proc_cpu_ticks(), time.monotonic()
     try:
         while True:
             done = all(p.finished() for p in procs) or (stop is not None and stop())
@@ -359,6 +407,7 @@ def watch(procs: Sequence[Proc], counters: Counters, *, timeout: float, interval
             p.wait_dead()
         raise
     busy1, total1 = cpu_jiffies()
+    series.foreign_cores, series.foreign_top = foreign_cores(procs0, proc_cpu_ticks(), time.monotonic() - wall0)
     if total1 > total0:
         series.machine_busy_cores = round((busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1), 2)
     return series, [c - f for c, f in zip(prev, first)]
@@ -412,6 +461,8 @@ class RunResult:
     # difference is the kernel's own network work (softirq) plus anything else running on the machine.
     machine_busy_cores: float | None = None
     own_cores: float | None = None
+    foreign_cores: float | None = None  # CPUs taken by other people's processes meanwhile (noise)
+    foreign_top: list[str] = field(default_factory=list)
     series: dict[str, Any] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -430,6 +481,9 @@ class RunResult:
         self.cpu_s_per_gib = round(sum(p.cpu_s for p in procs.values()) / (nbytes / GiB), 3)
         self.loadavg = [round(x, 2) for x in os.getloadavg()]
         self.machine_busy_cores = series.machine_busy_cores
+        self.foreign_cores, self.foreign_top = series.foreign_cores, series.foreign_top
+        if self.foreign_cores is not None and self.foreign_cores >= 0.3:
+            self.notes.append(f"machine shared: others used {self.foreign_cores:.1f} CPUs ({', '.join(self.foreign_top)})")
         walls = [p.wall_s for p in procs.values() if p.wall_s]
         if walls:
             self.own_cores = round(sum(p.cpu_s for p in procs.values()) / max(walls), 2)
@@ -821,7 +875,8 @@ def summarize(runs: list[RunResult], links: list[int]) -> dict[str, Any]:
                 "link_mbit_s": mid.link_mbit_s, "cpu_s_per_gib": statistics.median(
                     [r.cpu_s_per_gib for r in good if r.cpu_s_per_gib is not None] or [0]),
                 "peak_rss_mib": {k: max(r.peak_rss_mib.get(k, 0) for r in good) for k in mid.peak_rss_mib},
-                "median_rep": mid.rep, "machine_busy_cores": mid.machine_busy_cores, "own_cores": mid.own_cores,
+                "notes": list(mid.notes), "median_rep": mid.rep, "machine_busy_cores": mid.machine_busy_cores, "own_cores": mid.own_cores,
+                "foreign_cores": mid.foreign_cores,
             })
             med[name] = mid.mbit_s
         rows.append(row)
@@ -840,7 +895,7 @@ def summarize(runs: list[RunResult], links: list[int]) -> dict[str, Any]:
 
 def print_table(summary: dict[str, Any], title: str) -> None:
     headers = ["run", "Mbit/s", "per link Mbit/s", "x sum 1-TCP", "x MPTCP", "CPU s/GiB", "RSS MiB snd/rcv",
-               "CPUs busy (own)", "notes"]
+               "CPUs all/own/others", "notes"]
     body: list[list[str]] = []
     for row in summary["rows"]:
         if row["skipped"]:
@@ -860,8 +915,8 @@ def print_table(summary: dict[str, Any], title: str) -> None:
             f"{row['ratio_to_tcp_sum']:.3f}" if "ratio_to_tcp_sum" in row else "-",
             f"{row['ratio_to_mptcp']:.3f}" if "ratio_to_mptcp" in row else "-",
             f"{row['cpu_s_per_gib']:.2f}", rss_s,
-            f"{row['machine_busy_cores']:.1f} ({row['own_cores']:.1f})" if row.get("machine_busy_cores") is not None
-            and row.get("own_cores") is not None else "-",
+            "/".join("-" if row.get(k) is None else f"{row[k]:.1f}"
+                     for k in ("machine_busy_cores", "own_cores", "foreign_cores")),
             "; ".join(notes),
         ])
     if summary.get("single_tcp_sum_mbit_s"):

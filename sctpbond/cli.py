@@ -305,10 +305,12 @@ def topo_show(topology: str | None) -> None:
 from .bench import bench as _bench_cmd  # noqa: E402
 from .demo import demo as _demo_cmd  # noqa: E402
 from .doctor import doctor as _doctor_cmd  # noqa: E402
+from .bench_failover import bench_failover as _bench_failover_cmd  # noqa: E402
 
 main.add_command(_bench_cmd)
 main.add_command(_demo_cmd)
 main.add_command(_doctor_cmd)
+main.add_command(_bench_failover_cmd)
 
 if __name__ == "__main__":
     main()

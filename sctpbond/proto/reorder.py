@@ -7,7 +7,7 @@ amount held is capped so a peer (or a stalled path) cannot make us grow without 
 
 from __future__ import annotations
 
-import heapq
+import bisect
 from dataclasses import dataclass
 
 from ..errors import RemoteProtocolError
@@ -27,7 +27,7 @@ class ReorderBuffer:
 
     `window` bounds how far past the delivered point data may lie: offset + len <= base + window, where base is
     what the application has consumed (acknowledged). A peer that exceeds it violates the protocol. Because
-    ranges never extend past base + window and overlapping copies are trimmed, buffered bytes <= window.
+    ranges never extend past base + window and held ranges are kept disjoint, buffered bytes <= window.
     """
 
     def __init__(self, window: int) -> None:
@@ -37,8 +37,8 @@ class ReorderBuffer:
         self.next_offset = 0  # everything below has been handed out by pop_ready()
         self.consumed = 0  # everything below has been written by the application (see consume())
         self.buffered = 0
-        self._held: dict[int, Chunk] = {}
-        self._heap: list[int] = []
+        self._held: dict[int, Chunk] = {}  # early ranges by offset, never overlapping
+        self._starts: list[int] = []  # their offsets, sorted
         self._ready: list[Chunk] = []
         self.stats = ReorderStats()
 
@@ -62,20 +62,44 @@ class ReorderBuffer:
             self._emit(payload)
             self._drain()
             return True
-        old = self._held.get(offset)
-        if old is not None:
-            if len(old) >= len(payload):
-                self._dup(size)
-                return False
-            self.buffered -= len(old)
-        else:
-            heapq.heappush(self._heap, offset)
-        self._held[offset] = payload
-        self.buffered += len(payload)
-        if self.buffered > self.window:
-            raise RemoteProtocolError("peer sent overlapping ranges beyond the receive window")
+        payload = self._store(offset, payload)
+        if payload is None:
+            self._dup(size)
+            return False
         self.stats.peak_buffered = max(self.stats.peak_buffered, self.buffered + self.unconsumed)
         return False
+
+    def _store(self, offset: int, payload: Chunk) -> Chunk | None:
+        """Hold an early range, keeping held ranges disjoint (so held bytes <= window): the part already held by
+        a neighbour is cut off, neighbours the new range covers entirely are replaced. None: nothing new."""
+        starts, held = self._starts, self._held
+        end = offset + len(payload)
+        i = bisect.bisect_right(starts, offset)
+        if i:
+            prev = starts[i - 1]
+            prev_end = prev + len(held[prev])
+            if prev_end >= end:
+                return None
+            if prev_end > offset:
+                payload = memoryview(payload)[prev_end - offset :]
+                offset = prev_end
+        i = bisect.bisect_left(starts, offset)
+        while i < len(starts) and starts[i] < end:
+            nxt = starts[i]
+            nxt_end = nxt + len(held[nxt])
+            if nxt_end <= end:  # wholly covered by the new range
+                self.buffered -= len(held.pop(nxt))
+                del starts[i]
+                continue
+            payload = memoryview(payload)[: nxt - offset]
+            end = nxt
+            break
+        if end <= offset:
+            return None
+        starts.insert(i, offset)
+        held[offset] = payload
+        self.buffered += len(payload)
+        return payload
 
     def _dup(self, size: int) -> None:
         self.stats.duplicates += 1
@@ -87,9 +111,9 @@ class ReorderBuffer:
 
     def _drain(self) -> None:
         """Move held ranges that now touch next_offset to the ready list."""
-        heap, held = self._heap, self._held
-        while heap and heap[0] <= self.next_offset:
-            offset = heapq.heappop(heap)
+        starts, held = self._starts, self._held
+        while starts and starts[0] <= self.next_offset:
+            offset = starts.pop(0)
             payload = held.pop(offset)
             self.buffered -= len(payload)
             end = offset + len(payload)

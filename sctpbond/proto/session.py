@@ -68,6 +68,7 @@ class Session:
         self._last_ping: dict[int, float] = {}
         self._wake = Wake.NONE
         self.resent_bytes = 0
+        self.first_resend_at: float | None = None  # when the first byte went out again (failover latency)
 
     # -- bookkeeping helpers -----------------------------------------------------------------------------------
     def take_wake(self) -> Wake:
@@ -273,9 +274,7 @@ class Session:
         if sb.resend_pending:
             chunk = sb.take_resend(path.id)
             if chunk is not None:
-                path.resent_chunks += 1
-                self.resent_bytes += len(chunk.data)
-                return self._account(path, chunk.offset, chunk.data)
+                return self._resend(path, chunk.offset, chunk.data, now)
         grant = self.scheduler.grant(path)
         if grant <= 0:
             return None
@@ -285,9 +284,9 @@ class Session:
             return self._account(path, chunk.offset, chunk.data)
         if path.in_flight == 0:
             self.scheduler.on_idle(path, now)
-        return self._reinject(path)
+        return self._reinject(path, now)
 
-    def _reinject(self, path: PathState) -> Data | None:
+    def _reinject(self, path: PathState, now: float) -> Data | None:
         """Opportunistic reinjection (as MPTCP does): when we are blocked (tail of the stream, or the buffer is
         full) and this path is idle, send again the oldest chunk still waiting on a slower or dead path, once."""
         sb = self.sendbuf
@@ -302,10 +301,15 @@ class Session:
             if owner is not None and owner.alive and 2 * owner.rate >= path.rate:
                 continue  # its own path is not much slower: it will arrive about as soon
             chunk.path, chunk.sends = path.id, chunk.sends + 1
-            path.resent_chunks += 1
-            self.resent_bytes += len(chunk.data)
-            return self._account(path, chunk.offset, chunk.data)
+            return self._resend(path, chunk.offset, chunk.data, now)
         return None
+
+    def _resend(self, path: PathState, offset: int, data: memoryview, now: float) -> Data:
+        path.resent_chunks += 1
+        self.resent_bytes += len(data)
+        if self.first_resend_at is None:
+            self.first_resend_at = now
+        return self._account(path, offset, data)
 
     @staticmethod
     def _account(path: PathState, offset: int, data: memoryview) -> Data:
@@ -374,12 +378,14 @@ class Session:
                 "rate_estimate_mbit_s": round(p.rate * 8 / 1e6, 2),
                 "srtt_ms": None if p.srtt is None else round(p.srtt * 1e3, 2),
                 "down_reason": p.down_reason or None,
+                "down_at_s": None if p.down_at is None else round(p.down_at - self.started, 3),
             })
         return {
             "elapsed_s": round(elapsed, 3),
             "bytes_sent": self.sendbuf.written, "bytes_acked": self.sendbuf.acked,
             "bytes_received": self.reorder.consumed,
             "resent_bytes": self.resent_bytes,
+            "first_resend_s": None if self.first_resend_at is None else round(self.first_resend_at - self.started, 3),
             "duplicate_bytes_dropped": self.reorder.stats.duplicate_bytes,
             "peak_reorder_bytes": self.reorder.stats.peak_buffered,
             "send_mbit_s": round(self.sendbuf.acked * 8 / elapsed / 1e6, 2),

@@ -124,8 +124,10 @@ class Client:
                     delay = backoff[min(attempt, len(backoff) - 1)]
                     attempt += 1
                     continue
-                if attempt:
-                    LOG.warning(f"path {pid} ({self.subflows[pid]}) joined after {attempt} retries")
+                rejoin = pid in runner.session.paths
+                if rejoin or attempt:
+                    how = "re-joined" if rejoin else "joined"
+                    LOG.warning(f"path {pid} ({self.subflows[pid]}) {how} after {attempt} retries")
                 runner.attach(pid, channel)
                 return
         finally:

@@ -122,7 +122,7 @@ class SessionRunner:
                 return  # superseded by a re-join
             path = self.session.paths[pid]
             was_alive = path.alive
-            if peer_closed:
+            if peer_closed and was_alive:  # the first cause counts: our own abort of a silent path is no close
                 self._peer_closed.add(pid)
             if was_alive and not self._closing:
                 requeued = self.session.fail_path(pid, reason, self.clock())

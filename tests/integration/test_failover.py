@@ -114,17 +114,19 @@ def test_path_down_at_start_joins_when_it_comes_up(netns_topology, tmp_path, up)
 
 
 def test_link_comes_back_and_rejoins(netns_topology, tmp_path):
-    net = netns_topology("4x200")
+    net = netns_topology("2x200")  # 256 MiB at 2 x 200 Mbit/s: ~6 s, time enough to re-join and carry data
     up = random_file(tmp_path / "up", 256 * MiB)
 
     def during(n, c, l):
         _later(0.8, n.set_link, 1, False)
-        _later(2.5, n.set_link, 1, True)
+        _later(2.8, n.set_link, 1, True)  # down longer than --dead-after (1.5 s): the path must fail
 
     res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp", "-v"], during=during)
     _ok(res, tmp_path, up)
-    assert "path 1" in res.client.stderr and "joined after" in res.client.stderr, res.client.stderr
-    assert _path(res.client, 1)["alive"]
+    assert "path 1 (" in res.client.stderr and "re-joined after" in res.client.stderr, res.client.stderr
+    path1 = _path(res.client, 1)
+    # counters restart with the new connection: bytes here were carried after the re-join
+    assert path1["alive"] and path1["bytes_sent"] > 0, path1
 
 
 def _slow_feeder():
@@ -160,6 +162,41 @@ def test_killed_peer_fails_the_survivor(netns_topology, tmp_path, victim):
         assert last.startswith("sctpbond: error: transfer failed"), err
         if victim == "client":
             assert "received" in last and out.stat().st_size > 0
+    finally:
+        feeder.kill()
+        for p in (listener, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_all_paths_dead_both_sides_give_up_after_path_timeout(netns_topology, tmp_path):
+    net = netns_topology("2x200")
+    feeder = _slow_feeder()
+    out = tmp_path / "out"
+    args = ["-t", "tcp", "--path-timeout", "3", "--dead-after", "1"]
+    listener = net.popen("b", SCTPBOND + ["listen", "-N", "-o", str(out), *args], stdin=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    client = None
+    try:
+        wait_listening(net, "b", 7300)
+        client = net.popen("a", SCTPBOND + ["connect", "-o", "/dev/null", *args, net.addr("b", 0), net.addr("b", 1)],
+                           stdin=feeder.stdout, stderr=subprocess.PIPE, text=True)
+        feeder.stdout.close()
+        time.sleep(1.5)
+        net.blackhole(0, True)
+        net.blackhole(1, True)
+        t0 = time.monotonic()
+        _, cerr = client.communicate(timeout=30)
+        _, lerr = listener.communicate(timeout=30)
+        assert time.monotonic() - t0 < 15
+        for rc, err in ((client.returncode, cerr), (listener.returncode, lerr)):
+            assert rc == 1, err
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("sctpbond: error: transfer failed: no path came back"), err
+            assert "Traceback" not in err
+        assert "output incomplete" in lerr.strip().splitlines()[-1]
+        assert "bytes sent were acknowledged" in cerr.strip().splitlines()[-1]
     finally:
         feeder.kill()
         for p in (listener, client):

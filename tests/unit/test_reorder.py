@@ -158,12 +158,6 @@ def test_window_must_be_positive() -> None:
         ReorderBuffer(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RemoteProtocolError,
-    reason="partially overlapping *held* ranges are counted twice, so in-window data can be refused "
-    "(the docstring says overlapping copies are trimmed; a sctpbond sender never re-chunks, so unreachable today)",
-)
 def test_partially_overlapping_held_ranges_inside_the_window_are_accepted() -> None:
     rb = ReorderBuffer(10)
     rb.add(2, b"cdef")  # 2..6

@@ -1,0 +1,137 @@
+"""`sctpbond bench-failover`: a transfer that loses links mid-way, against its ideal time.
+
+On 4 shaped links: link 1 is set down at 1 s and link 2 blackholed at 2 s (both after the client starts). The
+ideal time moves the bytes at the single-TCP rate of the links up at each moment (measured on link 0 in the same
+run); the target is ideal + 1.5 s. Also reported: how long after the blackhole the first byte was resent, and the
+peak RSS of both processes against the configured window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .errors import SctpbondError
+
+from .units import parse_size
+
+if TYPE_CHECKING:
+    from .topology import Network
+
+SB = [sys.executable, "-m", "sctpbond"]
+
+
+def _single_tcp_mbit(net: "Network", seconds: float = 3.0) -> float:
+    server = net.popen("b", ["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = net.run("a", ["iperf3", "-c", net.addr("b", 0), "-p", "5299", "-J", "-t", str(seconds)],
+                      capture_output=True, text=True, timeout=seconds + 20)
+        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _ideal_seconds(size: int, rate_bps: float, n: int, t_down: float, t_black: float) -> float:
+    """Bytes at rate x (links up): n until t_down, n-1 until t_black, n-2 after."""
+    per = rate_bps / 8
+    first = n * per * t_down
+    second = (n - 1) * per * (t_black - t_down)
+    if size <= first:
+        return size / (n * per)
+    if size <= first + second:
+        return t_down + (size - first) / ((n - 1) * per)
+    return t_black + (size - first - second) / ((n - 2) * per)
+
+
+def _wait_rusage(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
+    """Exit code and peak RSS (MiB) of a child, via wait4."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss / 1024
+        time.sleep(0.05)
+    proc.kill()
+    raise SctpbondError(f"{proc.args[2:4]} did not finish within {timeout:g} s")
+
+
+@click.command("bench-failover")
+@click.option("--topology", default="4x200", show_default=True)
+@click.option("--size", default="512M", show_default=True)
+@click.option("--transport", type=click.Choice(["tcp", "sctp"]), default="tcp", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the figures here.")
+def bench_failover(topology: str, size: str, transport: str, json_out: str | None) -> None:
+    """Link 1 down at 1 s, link 2 blackholed at 2 s: time to completion against the ideal, failover latency."""
+    from .topology import Network, load  # pyroute2 is slow to import: only for the commands that need it
+
+    nbytes = parse_size(size)
+    topo = load(topology)
+    n = len(topo.links)
+    if n < 3:
+        raise SctpbondError("bench-failover needs at least 3 links")
+    with tempfile.TemporaryDirectory(prefix="sb-failover-") as tmp, Network(topo, prefix=f"sbf{os.getpid()}") as net:
+        src, dst = Path(tmp) / "in", Path(tmp) / "out"
+        subprocess.run(["sh", "-c", f"head -c {nbytes} /dev/urandom > {src}"], check=True)
+        rate = _single_tcp_mbit(net)
+        click.echo(f"one TCP connection on link 0: {rate:.1f} Mbit/s")
+        lstats, cstats = Path(tmp) / "l.json", Path(tmp) / "c.json"
+        listener = net.popen("b", SB + ["listen", "-t", transport, "-N", "-o", str(dst), "--stats-json", str(lstats)],
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        client = net.popen("a", SB + ["connect", "-t", transport, "-v", "-i", str(src), "--stats-json", str(cstats),
+                                      "-o", "/dev/null"] + [net.addr("b", i) for i in range(n)],
+                           stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        events = [(1.0, lambda: net.set_link(1, False)), (2.0, lambda: net.blackhole(2, True))]
+
+        def schedule() -> None:
+            for at, action in events:
+                time.sleep(max(0.0, t0 + at - time.monotonic()))
+                action()
+
+        threading.Thread(target=schedule, daemon=True).start()
+        crc, crss = _wait_rusage(client, 300)
+        elapsed = time.monotonic() - t0
+        lrc, lrss = _wait_rusage(listener, 60)
+        cerr, lerr = client.stderr.read(), listener.stderr.read()
+        if crc or lrc:
+            raise SctpbondError(f"transfer failed (exit {crc}/{lrc}): {cerr.strip()[-300:]} {lerr.strip()[-300:]}")
+        same = subprocess.run(["cmp", "-s", str(src), str(dst)]).returncode == 0
+        cs = json.loads(cstats.read_text())
+        ideal = _ideal_seconds(nbytes, rate * 1e6, n, 1.0, 2.0)
+        # the session clock starts after the first path's handshake: shift by the client's start-up
+        startup = elapsed - cs["elapsed_s"]
+        black_path = next(p for p in cs["paths"] if p["id"] == 2)
+        first_resend_after_blackhole = None
+        if cs["first_resend_s"] is not None:
+            first_resend_after_blackhole = round(cs["first_resend_s"] + startup - 2.0, 3)
+        result = {
+            "topology": topology, "transport": transport, "bytes": nbytes, "byte_exact": same,
+            "single_tcp_mbit_s": round(rate, 1), "elapsed_s": round(elapsed, 2), "session_s": cs["elapsed_s"],
+            "ideal_s": round(ideal, 2), "target_s": round(ideal + 1.5, 2),
+            "met": same and elapsed <= ideal + 1.5,
+            "blackholed_path_down_after_s": None if black_path["down_at_s"] is None
+            else round(black_path["down_at_s"] + startup - 2.0, 3),
+            "first_resend_after_blackhole_s": first_resend_after_blackhole,
+            "resent_bytes": cs["resent_bytes"],
+            "peak_rss_mib": {"sender": round(crss, 1), "receiver": round(lrss, 1)},
+            "window_mib": 64,
+        }
+        click.echo(json.dumps(result, indent=2))
+        if json_out:
+            Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        if not same:
+            raise SctpbondError("received bytes differ from what was sent")
