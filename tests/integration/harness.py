@@ -47,6 +47,14 @@ def wait_listening(net: Network, host: str, port: int, timeout: float = 30.0) ->
     raise AssertionError(f"nothing listens on port {port} in host {host} after {timeout} s")
 
 
+def stop(*procs: subprocess.Popen | None) -> None:
+    """Kill and reap whatever is still running (tests must never leave processes behind)."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 @dataclass
 class Side:
     rc: int
@@ -92,15 +100,10 @@ def transfer(net: Network, tmp: Path, *, to_listener: Path | None, to_client: Pa
             _, cerr = client.communicate(timeout=timeout)
             _, lerr = listener.communicate(timeout=30)
         finally:
-            for p in (client, listener):
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            stop(client, listener)
         elapsed = time.monotonic() - start
     finally:
-        if listener.poll() is None:
-            listener.kill()
-            listener.wait()
+        stop(listener)
         if lin is not subprocess.DEVNULL:
             lin.close()
 

@@ -11,7 +11,7 @@ import pytest
 
 from sctpbond.topology import LinkSpec, Topology
 
-from .harness import SCTPBOND, assert_ok as _ok, random_file, transfer, wait_listening
+from .harness import SCTPBOND, assert_ok as _ok, random_file, stop, transfer, wait_listening
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -164,10 +164,7 @@ def test_killed_peer_fails_the_survivor(netns_topology, tmp_path, victim):
             assert "received" in last and out.stat().st_size > 0
     finally:
         feeder.kill()
-        for p in (listener, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        stop(listener, client)
 
 
 def test_all_paths_dead_both_sides_give_up_after_path_timeout(netns_topology, tmp_path):
@@ -199,7 +196,4 @@ def test_all_paths_dead_both_sides_give_up_after_path_timeout(netns_topology, tm
         assert "bytes sent were acknowledged" in cerr.strip().splitlines()[-1]
     finally:
         feeder.kill()
-        for p in (listener, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        stop(listener, client)

@@ -50,7 +50,9 @@ def test_sctp_duplex_over_every_link(netns_topology, tmp_path, topo):
     up = random_file(tmp_path / "up", 12 * MiB)
     down = random_file(tmp_path / "down", 12 * MiB)
     before_a, before_b = snmp(net, "a"), snmp(net, "b")
-    slack = ["--dead-after", "5"]  # the VM's emulated CPU under load can delay heartbeats by seconds
+    # --dead-after: the VM's emulated CPU under load can delay heartbeats by seconds; 64 KiB chunks: enough DATA
+    # messages on every association to see them striped over all its streams
+    slack = ["--dead-after", "5", "--chunk", "64K"]
     res = transfer(net, tmp_path, to_listener=up, to_client=down, client_args=["-t", "sctp", *slack],
                    listen_args=["-t", "sctp", *slack], timeout=180)
     _ok(res, tmp_path, up, down)
