@@ -40,7 +40,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .topology import Topology
 
 import click
 
@@ -991,9 +994,27 @@ def plot(runs: list[RunResult], summary: dict[str, Any], out: Path, title: str) 
 # --- orchestration ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def bench_session(topo: "Topology", cfg: BenchConfig, what: str) -> Iterator[Bench]:
+    """Build the topology and a Bench in a scratch directory; always tear both down (Ctrl-C, SIGTERM too)."""
+    from .topology import Network  # pyroute2 is slow to import: only when a topology is built
+
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix=f"sctpbond-{what}-") as tmp:
+        net = Network(topo, prefix=f"sb{what[0]}{os.getpid()}")
+        try:
+            net.up()
+            bench = Bench(net, cfg, Path(tmp))
+            try:
+                yield bench
+            finally:
+                bench.close()
+        finally:
+            net.down()
+
+
 def run_bench(cfg: BenchConfig, *, json_out: Path | None = None, plot_out: Path | None = None,
               argv: Sequence[str] = ()) -> dict[str, Any]:
-    from .topology import Network, load
+    from .topology import load
 
     _require_root("sctpbond bench")
     for tool, pkg in (("iperf3", "iperf3"), ("nsenter", "util-linux"), ("ss", "iproute2"), ("ip", "iproute2"),
@@ -1015,37 +1036,28 @@ def run_bench(cfg: BenchConfig, *, json_out: Path | None = None, plot_out: Path 
     runs: list[RunResult] = []
     started = _dt.datetime.now(_dt.UTC)
     total = len(todo) * cfg.repeat
-    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="sctpbond-bench-") as tmp:
-        net = Network(topo, prefix=f"sbb{os.getpid()}")
-        try:
-            net.up()
-            bench = Bench(net, cfg, Path(tmp))
-            try:
-                k = 0
-                for rep in range(cfg.repeat):  # repetitions interleaved, so slow drift hits every run alike
-                    for name, method, args in todo:
-                        k += 1
-                        click.echo(f"[{k}/{total}] {name}" + (f" (repetition {rep + 1})" if cfg.repeat > 1 else ""),
-                                   err=True)
-                        t0 = time.monotonic()
-                        try:
-                            r = getattr(bench, method)(*args, rep)
-                        except (BenchError, subprocess.SubprocessError, OSError) as exc:
-                            if not isinstance(exc, BenchError):
-                                exc = BenchError(f"{name}: {type(exc).__name__}: {exc}")
-                            kind = "sctpbond" if name.startswith("sctpbond") else name.split("-link")[0]
-                            r = RunResult(name, kind, rep, error=str(exc))
-                            click.echo(f"  FAILED: {exc}", err=True)
-                        else:
-                            click.echo(f"  {name}: {r.mbit_s:.1f} Mbit/s in {r.seconds:.2f} s"
-                                       + (f" ({'; '.join(r.notes)})" if r.notes else "")
-                                       + f" [{time.monotonic() - t0:.1f} s]", err=True)
-                        runs.append(r)
-                        time.sleep(0.3)  # let queues drain before the next run
-            finally:
-                bench.close()
-        finally:
-            net.down()
+    with bench_session(topo, cfg, "bench") as bench:
+        k = 0
+        for rep in range(cfg.repeat):  # repetitions interleaved, so slow drift hits every run alike
+            for name, method, args in todo:
+                k += 1
+                click.echo(f"[{k}/{total}] {name}" + (f" (repetition {rep + 1})" if cfg.repeat > 1 else ""),
+                           err=True)
+                t0 = time.monotonic()
+                try:
+                    r = getattr(bench, method)(*args, rep)
+                except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                    if not isinstance(exc, BenchError):
+                        exc = BenchError(f"{name}: {type(exc).__name__}: {exc}")
+                    kind = "sctpbond" if name.startswith("sctpbond") else name.split("-link")[0]
+                    r = RunResult(name, kind, rep, error=str(exc))
+                    click.echo(f"  FAILED: {exc}", err=True)
+                else:
+                    click.echo(f"  {name}: {r.mbit_s:.1f} Mbit/s in {r.seconds:.2f} s"
+                               + (f" ({'; '.join(r.notes)})" if r.notes else "")
+                               + f" [{time.monotonic() - t0:.1f} s]", err=True)
+                runs.append(r)
+                time.sleep(0.3)  # let queues drain before the next run
     runs += skipped
     links = list(range(cfg.paths or len(topo.links)))
     summary = summarize(runs, links)

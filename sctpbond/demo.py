@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +31,7 @@ from .bench import (
     mbit,
     pipe_of,
     remove_stale_namespaces,
-    sigterm_as_interrupt,
+    bench_session,
     watch,
 )
 from .errors import TransferFailed, UsageError
@@ -131,7 +130,7 @@ class Consumer(threading.Thread):
 
 
 def run_demo(topology: str, size: int, transport: str, tcp_seconds: float) -> None:
-    from .topology import Network, load
+    from .topology import load
 
     _require_root("sctpbond demo")
     for tool, pkg in (("iperf3", "iperf3"), ("nsenter", "util-linux"), ("ss", "iproute2"), ("nft", "nftables")):
@@ -146,20 +145,11 @@ def run_demo(topology: str, size: int, transport: str, tcp_seconds: float) -> No
     echo("  host a (client) and host b (listener) are network namespaces joined by one shaped veth pair per link")
     cfg = BenchConfig(topology=topology, transports=[transport], baselines=["tcp"], size=None, seconds=tcp_seconds,
                       paths=None, progress_every=0.5, progress_err=False)
-    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="sctpbond-demo-") as tmp:
-        net = Network(topo, prefix=f"sbd{os.getpid()}")
-        try:
-            net.up()
-            bench = Bench(net, cfg, Path(tmp))
-            try:
-                echo(f"\n1) one plain TCP connection on link 0 (iperf3, {tcp_seconds:g} s)")
-                tcp = bench.iperf_single(0, "tcp", 0).mbit_s
-                echo(f"   one TCP connection: {tcp:.1f} Mbit/s")
-                _bonded(net, bench, Path(tmp), size, transport, tcp, n)
-            finally:
-                bench.close()
-        finally:
-            net.down()
+    with bench_session(topo, cfg, "demo") as bench:
+        echo(f"\n1) one plain TCP connection on link 0 (iperf3, {tcp_seconds:g} s)")
+        tcp = bench.iperf_single(0, "tcp", 0).mbit_s
+        echo(f"   one TCP connection: {tcp:.1f} Mbit/s")
+        _bonded(bench.net, bench, bench.workdir, size, transport, tcp, n)
 
 
 def _bonded(net: Network, bench: Bench, tmp: Path, size: int, transport: str, tcp: float, n: int) -> None:
