@@ -12,7 +12,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 2
 fi
 
-pkgs=(iproute2 nftables iperf3 util-linux procps python3-venv ethtool iputils-ping)
+pkgs=(iproute2 nftables iperf3 util-linux procps python3-venv ethtool iputils-ping openssh-server openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -513,6 +513,7 @@ class BenchConfig:
     progress: bool = True
     progress_every: float = 1.0
     progress_err: bool = True  # progress lines on stderr (bench) or stdout (demo)
+    encrypted: bool = False  # also run sctpbond with a key (AES-256-GCM), to measure the cost of encryption
 
 
 class Bench:
@@ -769,11 +770,20 @@ class Bench:
         if idle:
             res.notes.append(f"link(s) {', '.join(map(str, idle))} carried (almost) nothing")
 
-    def sctpbond(self, transport: str, rep: int) -> RunResult:
-        res = RunResult(f"sctpbond-{transport}", "sctpbond", rep, transport=transport, links=list(self.links))
+    def sctpbond_aes(self, transport: str, rep: int) -> RunResult:
+        """sctpbond with a pre-shared key: authenticated and every frame sealed with AES-256-GCM."""
+        return self.sctpbond(transport, rep, keyed=True)
+
+    def sctpbond(self, transport: str, rep: int, keyed: bool = False) -> RunResult:
+        name = f"sctpbond-{transport}" + ("-aes" if keyed else "")
+        res = RunResult(name, "sctpbond", rep, transport=transport, links=list(self.links))
         net, cfg = self.net, self.cfg
         lstats, cstats = self._tmp("listen.json"), self._tmp("connect.json")
         common = ["-p", str(BOND_PORT), "-t", transport, *cfg.bond_opts]
+        if keyed:
+            keyfile = self._tmp("key")
+            keyfile.write_text(os.urandom(32).hex())
+            common += ["--key-file", str(keyfile)]
         listener = self._popen("b", "sctpbond listen", SCTPBOND + ["listen", *common, "-o", "/dev/null", "-N",
                                                                    "--stats-json", str(lstats)])
         feeder = None
@@ -857,6 +867,8 @@ def plan(cfg: BenchConfig, n_links: int, host: dict[str, Any]) -> tuple[list[tup
                                      notes=["skipped: this kernel has no SCTP"]))
             continue
         todo.append((f"sctpbond-{t}", "sctpbond", (t,)))
+        if cfg.encrypted:
+            todo.append((f"sctpbond-{t}-aes", "sctpbond_aes", (t,)))
     return todo, skipped
 
 
@@ -1127,10 +1139,13 @@ def _split_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
               help="Extra option for both `sctpbond listen` and `connect` (repeatable), e.g. --bond-opt=--chunk=1M.")
 @click.option("--profile", "profile_dir", type=click.Path(file_okay=False),
               help="Record py-spy profiles (raw collapsed stacks) of both sctpbond processes into this directory.")
+@click.option("--encrypted", "-E", is_flag=True,
+              help="Also run sctpbond with a pre-shared key (AES-256-GCM on every frame), same links, same run.")
 @click.option("-q", "--quiet", is_flag=True, help="No per-second progress lines.")
 def bench(topology: str, transport: str, size_text: str | None, seconds: float | None, json_out: Path | None,
           plot_out: Path | None, baselines: str, paths: int | None, data: str, repeat: int, interval: float,
-          timeout: float | None, bond_opts: tuple[str, ...], profile_dir: str | None, quiet: bool) -> None:
+          timeout: float | None, bond_opts: tuple[str, ...], profile_dir: str | None, encrypted: bool,
+          quiet: bool) -> None:
     """Measure sctpbond against one TCP per link, MPTCP and plain SCTP on an emulated topology.
 
     Example: sctpbond bench --topology 4x200 --size 512M --json out.json --plot out.png
@@ -1153,7 +1168,8 @@ def bench(topology: str, transport: str, size_text: str | None, seconds: float |
         cfg = BenchConfig(topology=topology, transports=transports,
                           baselines=_split_list(baselines, KNOWN_BASELINES, "baseline"), size=size,
                           seconds=seconds, paths=paths, data=data, repeat=repeat, interval=interval,
-                          timeout=timeout, bond_opts=list(bond_opts), profile_dir=profile_dir, progress=not quiet)
+                          timeout=timeout, bond_opts=list(bond_opts), profile_dir=profile_dir, progress=not quiet,
+                          encrypted=encrypted)
         run_bench(cfg, json_out=json_out, plot_out=plot_out, argv=["sctpbond", *sys.argv[1:]])
 
     go()

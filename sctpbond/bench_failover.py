@@ -75,6 +75,12 @@ def _wait_rusage(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the figures here.")
 def bench_failover(topology: str, size: str, transport: str, json_out: str | None) -> None:
     """Link 1 down at 1 s, link 2 blackholed at 2 s: time to completion against the ideal, failover latency."""
+    from .cli import friendly_errors
+
+    friendly_errors(_bench_failover)(topology, size, transport, json_out)
+
+
+def _bench_failover(topology: str, size: str, transport: str, json_out: str | None) -> None:
     from .topology import Network, load  # pyroute2 is slow to import: only for the commands that need it
 
     nbytes = parse_size(size)
@@ -114,10 +120,17 @@ def bench_failover(topology: str, size: str, transport: str, json_out: str | Non
         ideal = _ideal_seconds(nbytes, rate * 1e6, n, 1.0, 2.0)
         # the session clock starts after the first path's handshake: shift by the client's start-up
         startup = elapsed - cs["elapsed_s"]
-        black_path = next(p for p in cs["paths"] if p["id"] == 2)
+        by_label = {p["label"].split("->")[1].split(":")[0]: p for p in cs["paths"] if "->" in p["label"]}
+        black_path = by_label.get(net.addr("b", 2))
+        if black_path is None:
+            raise SctpbondError(f"no path to {net.addr('b', 2)} in the client's stats")
+        # The blackholed path's chunks go out again on the others the moment it turns stale (silent with data
+        # outstanding); the first resend of all may come earlier, for the link set down at 1 s.
         first_resend_after_blackhole = None
-        if cs["first_resend_s"] is not None:
-            first_resend_after_blackhole = round(cs["first_resend_s"] + startup - 2.0, 3)
+        if black_path.get("stale_at_s") is not None and black_path["stale_at_s"] + startup >= 2.0:
+            first_resend_after_blackhole = round(black_path["stale_at_s"] + startup - 2.0, 3)
+        elif black_path["down_at_s"] is not None:
+            first_resend_after_blackhole = round(black_path["down_at_s"] + startup - 2.0, 3)
         result = {
             "topology": topology, "transport": transport, "bytes": nbytes, "byte_exact": same,
             "single_tcp_mbit_s": round(rate, 1), "elapsed_s": round(elapsed, 2), "session_s": cs["elapsed_s"],

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from .proto.session import SessionConfig
 from .runtime.options import Options
 from .runtime.runner import RunnerConfig
 from .transport import TRANSPORTS
-from .units import parse_size
+from .units import parse_rate, parse_size
 
 DEFAULT_PORT = 7300
 LOG = logging.getLogger("sctpbond")
@@ -83,15 +84,38 @@ def _read_key(key_file: str | None) -> bytes | None:
     return env.encode() if env else None
 
 
+@dataclass(frozen=True)
+class Shared:
+    """The options both ends share, collected by @session_options into one `shared` argument."""
+
+    transport: str
+    key_file: str | None
+    no_encrypt: bool
+    stats_json: str | None
+    window: str
+    chunk: str
+    path_timeout: float
+    dead_after: float
+    limit_rate: str | None
+    progress: bool | None
+    no_stdin: bool
+    verbose: int
+    quiet: bool
+
+
 def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options both ends share."""
+    """Options both ends share; the command receives them as one `shared: Shared` keyword argument."""
     decorators = [
         click.option("--transport", "-t", type=click.Choice(TRANSPORTS), default="auto", show_default=True,
                      help="auto: kernel SCTP where available, otherwise TCP (one connection per path)."),
         click.option("--key-file", type=click.Path(dir_okay=False),
                      help="Pre-shared key: both ends must use the same one (or set SCTPBOND_KEY). Authenticates "
-                          "both ends with HMAC-SHA256; without a key, paths join with a random session token.",
+                          "both ends with HMAC-SHA256 over fresh nonces and encrypts every frame with AES-256-GCM; "
+                          "without a key, paths join with a random session token and nothing is encrypted.",
                      envvar=None),
+        click.option("--no-encrypt", is_flag=True,
+                     help="With a key: authenticate but send the stream in clear (trusted links; saves CPU). "
+                          "A listener without it refuses clients that do not encrypt."),
         click.option("--stats-json", type=click.Path(dir_okay=False),
                      help="Write per-path and total bytes, chunks, resends and throughput here at the end."),
         click.option("--window", default="64M", show_default=True,
@@ -99,30 +123,63 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--chunk", default="256K", show_default=True, help="Largest chunk sent on a path."),
         click.option("--path-timeout", type=float, default=30.0, show_default=True,
                      help="With every path down, wait this many seconds for one to come back before failing."),
-        click.option("--dead-after", type=float, default=1.5, show_default=True,
-                     help="A path that stays silent this long (no answer to heartbeats) is declared dead."),
+        click.option("--dead-after", type=float, default=1.0, show_default=True,
+                     help="A path that stays silent this long (no answer to heartbeats) is declared dead; after "
+                          "0.4 s of silence its unacknowledged data is already sent again on the other paths."),
+        click.option("--limit-rate", metavar="RATE",
+                     help="Cap what this side sends, over all paths together, in bytes per second "
+                          "(e.g. 500M, or 100Mbit)."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Progress on stderr (bytes, rate, ETA, per-path rates). Default: when stderr is a "
+                          "terminal."),
         click.option("-N", "--no-stdin", is_flag=True,
                      help="Send nothing (do not read stdin). Stdin that is a terminal is never read."),
         click.option("-v", "--verbose", count=True, help="Say which paths open, join and fail."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
     ]
+    names = [field.name for field in fields(Shared)]
+
+    @wraps(f)
+    def collect(*args: Any, **kwargs: Any) -> Any:
+        from .runtime.memory import tune_allocator
+
+        tune_allocator()  # a data-moving command: fewer page faults per frame (runtime/memory.py)
+        shared = Shared(**{name: kwargs.pop(name) for name in names})
+        return f(*args, shared=shared, **kwargs)
+
     for deco in reversed(decorators):
-        f = deco(f)
-    return f
+        collect = deco(collect)
+    return collect
 
 
-def _options(window: str, chunk: str, path_timeout: float, dead_after: float, key_file: str | None) -> Options:
-    win = parse_size(window, "--window")
-    ch = parse_size(chunk, "--chunk")
+def _options(shared: Shared) -> Options:
+    win = parse_size(shared.window, "--window")
+    ch = parse_size(shared.chunk, "--chunk")
     if not 64 * 1024 <= ch <= 1 << 20:
         raise UsageError("--chunk must be between 64K and 1M")
     if win < 4 * ch:
         raise UsageError("--window must be at least 4 chunks")
-    if path_timeout <= 0 or dead_after <= 0:
+    if shared.path_timeout <= 0 or shared.dead_after <= 0:
         raise UsageError("--path-timeout and --dead-after must be positive")
-    session = SessionConfig(window=win, send_cap=win, max_chunk=ch, dead_after=dead_after,
+    rate = parse_rate(shared.limit_rate, "--limit-rate") if shared.limit_rate else None
+    session = SessionConfig(window=win, send_cap=win, max_chunk=ch, dead_after=shared.dead_after,
                             scheduler=SchedulerConfig(max_chunk=ch, max_quota=max(ch, win // 2)))
-    return Options(key=_read_key(key_file), session=session, runner=RunnerConfig(path_timeout=path_timeout))
+    runner = RunnerConfig(path_timeout=shared.path_timeout, limit_rate=rate)
+    return Options(key=_read_key(shared.key_file), encrypt=not shared.no_encrypt, session=session, runner=runner)
+
+
+def _with_progress(opts: Options, shared: Shared, source_fd: int | None) -> Options:
+    """Progress on stderr when asked, or by default when stderr is a terminal; an ETA when the input is a file."""
+    show = shared.progress if shared.progress is not None else (sys.stderr.isatty() and not shared.quiet)
+    size = None
+    if source_fd is not None:
+        import stat
+
+        st = os.fstat(source_fd)
+        if stat.S_ISREG(st.st_mode):
+            size = max(0, st.st_size - os.lseek(source_fd, 0, os.SEEK_CUR))
+    runner = replace(opts.runner, progress=bool(show), expected_size=size)
+    return replace(opts, runner=runner)
 
 
 def _stdin_fd(no_stdin: bool, input_file: str | None) -> tuple[int | None, Callable[[], None]]:
@@ -146,6 +203,23 @@ def _stdout_fd(output: str | None) -> tuple[int, Callable[[], None]]:
             raise UsageError(f"cannot open output {output}: {exc.strerror}") from None
         return fd, lambda: os.close(fd)
     return 1, lambda: None
+
+
+def _finish_on_hangup(grace: float = 5.0) -> None:
+    """As ssh ProxyCommand: ssh closes our stdin and stdout and sends SIGHUP at once when it is done. Dying there
+    would cut the session short (the listener would log it as failed); instead let it close in order, for at most
+    `grace` seconds, then stop as Ctrl-C does. A second SIGHUP ends the process at once."""
+    import _thread
+    import signal
+    import threading
+
+    def on_hangup(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        timer = threading.Timer(grace, _thread.interrupt_main)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGHUP, on_hangup)
 
 
 def _grow_pipe(fd: int) -> None:
@@ -189,30 +263,106 @@ def main() -> None:
 @click.option("--bind", "-b", "binds", multiple=True, metavar="ADDR",
               help="Address to listen on (repeatable). Default: all addresses.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the received stream here "
-              "instead of stdout.")
+              "instead of stdout; created only once a peer has authenticated. With --keep-open a per-session "
+              "name: {n} is the session number, {peer} its address, {time} its start (e.g. -o 'recv-{n}.img'); "
+              "nothing is then sent back.")
+@click.option("-k", "--keep-open", is_flag=True,
+              help="Serve many sessions, several at once, each on its own paths and buffers; one failing (or a "
+                   "wrong key) is logged and the listener goes on. Each session needs its own stream: --relay, "
+                   "--exec, or -o with {n} in the name. Without it: one session, then exit; a wrong key then "
+                   "ends the listener with exit 1.")
+@click.option("--relay", metavar="HOST:PORT",
+              help="Forward each session to this TCP service (e.g. 127.0.0.1:22 for sshd, with `sctpbond connect` "
+                   "as ssh ProxyCommand): connected once the peer has authenticated, both directions, half-close "
+                   "passed on.")
+@click.option("--exec", "exec_cmd", metavar="CMD",
+              help="Run CMD (with /bin/sh) per session, the received stream on its stdin, its stdout sent back; "
+                   "SCTPBOND_SESSION and SCTPBOND_PEER are set. A non-zero exit status is logged.")
+@click.option("--max-sessions", type=click.IntRange(1, 1024), default=None, metavar="N",
+              help="With --keep-open: at most N sessions at once; more are refused as busy.  [default: 16]")
 @session_options
 @friendly_errors
-def listen(port: int, binds: tuple[str, ...], output: str | None, transport: str, key_file: str | None,
-           stats_json: str | None, window: str, chunk: str, path_timeout: float, dead_after: float,
-           no_stdin: bool, verbose: int, quiet: bool) -> None:
-    """Wait for one session; write what it receives to stdout and send stdin back."""
-    from . import transport as transports
-    from .runtime.server import Server
+def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: bool, relay: str | None,
+           exec_cmd: str | None, max_sessions: int | None, shared: Shared) -> None:
+    """Wait for one session; write what it receives to stdout and send stdin back.
 
-    _setup_logging(verbose, quiet)
-    opts = _options(window, chunk, path_timeout, dead_after, key_file)
-    names = transports.resolve(transport)
+    With --keep-open, serve sessions until interrupted, each into --relay HOST:PORT, --exec CMD or its own -o file.
+    """
+    from . import transport as transports
+    from .runtime import endpoints
+    from .runtime.server import Served, Server
+
+    _setup_logging(shared.verbose, shared.quiet)
+    opts = _options(shared)
+    if relay is not None and exec_cmd is not None:
+        raise UsageError("--relay and --exec exclude each other: each session goes to one place")
+    if (relay is not None or exec_cmd is not None) and output:
+        raise UsageError("-o does not apply with --relay or --exec: the stream goes to the service or command")
+    if max_sessions is not None and not keep_open:
+        raise UsageError("--max-sessions applies only with --keep-open (without it the listener serves one session)")
+    if keep_open and relay is None and exec_cmd is None and not output:
+        raise UsageError("--keep-open serves several sessions at once, so each needs its own stream: add --relay "
+                         "HOST:PORT, --exec CMD, or -o with {n} in the file name (e.g. -o 'recv-{n}.img')")
+    src: int | None = None
+    close_src: Callable[[], None] = lambda: None
+    if relay is not None:
+        from .runtime.client import split_host_port
+
+        if not relay.rstrip("]").rpartition(":")[2].isdigit():
+            raise UsageError(f"--relay {relay!r}: expected HOST:PORT, e.g. 127.0.0.1:22")
+        factory = endpoints.relay(*split_host_port(relay, 0))
+    elif exec_cmd is not None:
+        if not exec_cmd.strip():
+            raise UsageError("--exec needs a command")
+        factory = endpoints.exec_command(exec_cmd)
+    elif keep_open:
+        assert output
+        factory = endpoints.output_pattern(output)
+    else:
+        src, close_src = _stdin_fd(shared.no_stdin, None)
+        factory = endpoints.output_file(output, src) if output and output != "-" else endpoints.stdio(src, 1)
+    # concurrent sessions would draw over each other's progress lines
+    opts = _with_progress(opts, replace(shared, progress=False) if keep_open else shared, src)
+    names = transports.resolve(shared.transport)
     listeners = transports.make_listeners(names, binds or ["0.0.0.0"], port)
-    LOG.info(f"listening on port {port} ({', '.join(names)})")
-    src, close_src = _stdin_fd(no_stdin, None)
-    out, close_out = _stdout_fd(output)
+    if not binds:
+        from .routes import preload
+
+        preload()  # the first WELCOME advertises our addresses (pyroute2): import it while nobody waits
+    LOG.info(f"listening on port {port} ({', '.join(names)})" + (" for many sessions" if keep_open else ""))
+
+    def session_end(served: Served) -> None:
+        if not keep_open:
+            return
+        who = f"session {served.number} from {served.peer[0]}"
+        if served.error is not None:
+            LOG.warning(f"{who} failed: {served.error}")
+            return
+        assert served.stats is not None
+        if shared.stats_json:
+            _write_stats(_per_session(shared.stats_json, served), served.stats)
+        st = served.stats
+        LOG.info(f"{who} done: received {st['bytes_received']} B, sent {st['bytes_sent']} B in {st['elapsed_s']} s")
+
+    server = Server(listeners, options=opts, endpoints=factory, keep_open=keep_open,
+                    max_sessions=max_sessions or 16, on_session_end=session_end)
     try:
-        stats = Server(listeners, options=opts, source_fd=src, sink_fd=out).run()
+        stats = server.run()
     finally:
         close_src()
-        close_out()
-    _write_stats(stats_json, stats)
-    _summary(stats)
+    if not keep_open:
+        _write_stats(shared.stats_json, stats)
+        _summary(stats)
+
+
+def _per_session(pattern: str, served: Any) -> str:
+    """--stats-json with --keep-open: {n}, {peer}, {time} name a file per session (else the last one wins)."""
+    from .runtime.endpoints import SessionInfo, expand
+
+    try:
+        return expand(pattern, SessionInfo(served.number, served.peer))
+    except (KeyError, IndexError, ValueError):
+        return pattern
 
 
 @main.command()
@@ -223,19 +373,23 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, transport: str
               help="A path pinned to a local address (repeatable), e.g. --path 10.0.1.1=10.0.1.2.")
 @click.option("--multiplier", "-m", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Connections per path (spreads one path over a LAG whose hash pins each connection).")
+@click.option("--no-auto", is_flag=True,
+              help="Use only the paths given here. By default every address the listener advertises is dialled "
+                   "too, from the local address that routes to it (-v says which and why).")
 @click.option("-i", "--input", "input_file", type=click.Path(dir_okay=False),
               help="Send this file instead of stdin.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write what the listener sends back "
               "here instead of stdout.")
 @session_options
 @friendly_errors
-def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multiplier: int, input_file: str | None,
-            output: str | None, transport: str, key_file: str | None, stats_json: str | None, window: str,
-            chunk: str, path_timeout: float, dead_after: float, no_stdin: bool, verbose: int, quiet: bool) -> None:
-    """Open a session over every given path; send stdin, write what comes back to stdout."""
+def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multiplier: int, no_auto: bool,
+            input_file: str | None, output: str | None, shared: Shared) -> None:
+    """Open a session over every given path, and over every further address the listener advertises; send
+    stdin, write what comes back to stdout. A hostname stands for all its addresses."""
     from .runtime.client import Client, parse_path
 
-    _setup_logging(verbose, quiet)
+    _setup_logging(shared.verbose, shared.quiet)
+    _finish_on_hangup()
     paths = [parse_path(a, port) for a in addrs]
     for p in pinned:
         if "=" not in p:
@@ -243,16 +397,18 @@ def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multipli
         paths.append(parse_path(p, port))
     if not paths:
         raise UsageError("no path given: name at least one ADDR (or --path LOCAL=REMOTE)")
-    opts = _options(window, chunk, path_timeout, dead_after, key_file)
-    src, close_src = _stdin_fd(no_stdin, input_file)
+    opts = _options(shared)
+    src, close_src = _stdin_fd(shared.no_stdin, input_file)
+    opts = _with_progress(opts, shared, src)
     out, close_out = _stdout_fd(output)
     try:
-        client = Client(paths, transport=transport, multiplier=multiplier, options=opts, source_fd=src, sink_fd=out)
+        client = Client(paths, transport=shared.transport, multiplier=multiplier, options=opts, source_fd=src,
+                        sink_fd=out, auto=not no_auto)
         stats = client.run()
     finally:
         close_src()
         close_out()
-    _write_stats(stats_json, stats)
+    _write_stats(shared.stats_json, stats)
     _summary(stats)
 
 

@@ -43,6 +43,11 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not valid sctpbond (garbage, oversize frame, out-of-window data)."""
 
 
+class IntegrityError(RemoteProtocolError):
+    """Received bytes are not what the peer sent: a sealed frame failed authentication or was replayed, or the
+    end-to-end digest of a stream does not match."""
+
+
 class LocalProtocolError(ProtocolError):
     """This side misused the protocol core (a bug in the caller, not the peer's fault)."""
 

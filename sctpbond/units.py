@@ -19,6 +19,25 @@ def parse_size(text: str, what: str = "size") -> int:
     return int(value)
 
 
+_RATE_BITS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:bit|bps)(?:/s)?\s*$", re.IGNORECASE)
+
+
+def parse_rate(text: str, what: str = "rate") -> float:
+    """Bytes per second from '500M' (bytes, binary multiples as for sizes) or '100Mbit' / '1Gbps' (bits, decimal
+    multiples as link rates are quoted)."""
+    m = _RATE_BITS.match(str(text))
+    if m:
+        rate = float(m.group(1)) * 1000 ** _POW[m.group(2).lower()] / 8
+    else:
+        try:
+            rate = parse_size(text.removesuffix("/s"), what)
+        except UsageError:
+            raise UsageError(f"bad {what} {text!r}: use bytes per second (500M) or bits (100Mbit)") from None
+    if rate <= 0:
+        raise UsageError(f"{what} must be positive")
+    return float(rate)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -47,6 +47,7 @@ class FrameType(enum.IntEnum):
     PING = 19
     PONG = 20
     ABORT = 21
+    SEALED = 32  # an AEAD-sealed frame (keyed, encrypted sessions; see proto/crypto.py)
 
 
 class HelloKind(enum.IntEnum):
@@ -67,6 +68,7 @@ class AbortCode(enum.IntEnum):
 
 
 HELLO_FLAG_KEYED = 0x0001
+HELLO_FLAG_ENCRYPT = 0x0002  # keyed client asks for sealed frames after the handshake
 
 _HELLO = struct.Struct("!4sBBHHH16s16sQI")
 _WELCOME = struct.Struct("!16s16sQI32sB")
@@ -91,6 +93,11 @@ class Hello:
     max_chunk: int
     keyed: bool = False
     version: int = VERSION
+    encrypt: bool = False
+
+    @property
+    def flags(self) -> int:
+        return (HELLO_FLAG_KEYED if self.keyed else 0) | (HELLO_FLAG_ENCRYPT if self.encrypt else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +157,12 @@ class Abort:
     code: AbortCode
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        # A peer's reason lands in our log and error lines: no control or format characters (a newline would
+        # forge a log line, an escape sequence would drive the terminal).
+        if not self.reason.isprintable():
+            object.__setattr__(self, "reason", "".join(c if c.isprintable() else "\ufffd" for c in self.reason))
+
 
 Frame = Union[Hello, Welcome, Auth, Ready, Data, Ack, Fin, Ping, Pong, Abort]
 
@@ -167,7 +180,12 @@ BODY_LIMITS: dict[FrameType, tuple[int, int]] = {
     FrameType.PONG: (8, 8),
     FrameType.ABORT: (_ABORT_HEAD.size, _ABORT_HEAD.size + MAX_REASON),
 }
-MAX_FRAME = HEADER_SIZE + max(hi for _, hi in BODY_LIMITS.values())
+MAX_PLAIN_FRAME = HEADER_SIZE + max(hi for _, hi in BODY_LIMITS.values())
+SEAL_SEQ_SIZE, SEAL_TAG_SIZE = 8, 16
+# SEALED body: sequence number u64 | the inner frame (header included), encrypted | GCM tag.
+BODY_LIMITS[FrameType.SEALED] = (SEAL_SEQ_SIZE + HEADER_SIZE + SEAL_TAG_SIZE,
+                                 SEAL_SEQ_SIZE + MAX_PLAIN_FRAME + SEAL_TAG_SIZE)
+MAX_FRAME = HEADER_SIZE + BODY_LIMITS[FrameType.SEALED][1]  # the largest frame on the wire
 
 
 def parse_header(header: bytes | bytearray | memoryview) -> tuple[FrameType, int]:
@@ -241,7 +259,7 @@ def encode(frame: Frame) -> bytes:
             return _header(FrameType.ABORT, len(body)) + body
         case Hello():
             body = _HELLO.pack(
-                MAGIC, frame.version, frame.kind, HELLO_FLAG_KEYED if frame.keyed else 0,
+                MAGIC, frame.version, frame.kind, frame.flags,
                 frame.path_id, 0, frame.token, frame.nonce, frame.window, frame.max_chunk,
             )
             return _header(FrameType.HELLO, len(body)) + body
@@ -284,7 +302,10 @@ def _decode_hello(body: memoryview) -> Hello:
         raise RemoteProtocolError("not an sctpbond peer (bad magic)")
     if version != VERSION:
         raise RemoteProtocolError(f"peer speaks sctpbond wire version {version}, we speak {VERSION}")
-    return Hello(HelloKind(kind), path_id, token, nonce, window, max_chunk, bool(flags & HELLO_FLAG_KEYED), version)
+    if flags & ~(HELLO_FLAG_KEYED | HELLO_FLAG_ENCRYPT) or flags == HELLO_FLAG_ENCRYPT:
+        raise RemoteProtocolError(f"HELLO with invalid flags {flags:#x}")
+    return Hello(HelloKind(kind), path_id, token, nonce, window, max_chunk, bool(flags & HELLO_FLAG_KEYED), version,
+                 bool(flags & HELLO_FLAG_ENCRYPT))
 
 
 def _decode_welcome(body: memoryview) -> Welcome:
@@ -323,6 +344,11 @@ def _decode_abort(body: memoryview) -> Abort:
     return Abort(acode, bytes(body[_ABORT_HEAD.size :]).decode("utf-8", "replace"))
 
 
+def _decode_sealed(body: memoryview) -> Frame:
+    # Sealed frames are opened by proto.crypto.Opener before decoding; here one means no encryption was agreed.
+    raise RemoteProtocolError("encrypted frame on a path without encryption")
+
+
 _DECODERS = {
     FrameType.HELLO: _decode_hello,
     FrameType.WELCOME: _decode_welcome,
@@ -334,6 +360,7 @@ _DECODERS = {
     FrameType.PING: lambda b: Ping(_U64.unpack(b)[0]),
     FrameType.PONG: lambda b: Pong(_U64.unpack(b)[0]),
     FrameType.ABORT: _decode_abort,
+    FrameType.SEALED: _decode_sealed,
 }
 
 

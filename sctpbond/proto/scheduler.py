@@ -19,12 +19,15 @@ class PathState:
     id: int
     label: str = ""
     alive: bool = True
+    stale: bool = False  # silent for a while with data outstanding: no new data until it is heard again
     sent: int = 0  # payload bytes put on this path (resends included)
     peer_received: int = 0  # payload bytes the peer says arrived on this path
     received: int = 0  # payload bytes that arrived here on this path
     chunks_sent: int = 0
     chunks_received: int = 0
     resent_chunks: int = 0  # chunks this path carried for another (dead or slow) path
+    stale_events: int = 0  # times it went silent with data outstanding (its chunks were sent again elsewhere)
+    stale_at: float | None = None  # when it last turned stale
     rate: float = 0.0  # delivery rate estimate, bytes/s
     min_rtt: float | None = None
     srtt: float | None = None
@@ -66,7 +69,7 @@ class Scheduler:
 
     def grant(self, path: PathState) -> int:
         """Bytes of new data `path` may take now (0: let the others work)."""
-        if not path.alive:
+        if not path.alive or path.stale:
             return 0
         quota = self.quota(path)
         budget = quota - path.in_flight

@@ -1,19 +1,23 @@
-"""The dialling end: open the first path (NEW session), join the others, re-dial paths that fail."""
+"""The dialling end: open the first path (NEW session), join the others, add the listener's advertised addresses
+as automatic paths (sctpbond.routes), re-dial paths that fail."""
 
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .. import routes
 from .. import transport as transports
 from ..errors import AuthError, ConnectError, SctpbondError, SessionAborted, TransportError, UsageError
 from ..proto.frames import NONCE_SIZE, TOKEN_SIZE, Abort, AbortCode, HelloKind, decode, encode
 from ..proto.handshake import ClientHandshake, Negotiated
 from ..proto.session import Session
 from ..transport.base import Channel
+from ..transport.sealed import secure
 from .options import Options
 from .runner import LOG, SessionRunner
 
@@ -24,6 +28,8 @@ class PathSpec:
 
     remote: tuple[str, int]
     local: str | None = None
+    why: str = ""  # how the path was found (for -v); "" = given by the user
+    optional: bool = False  # found automatically: dropped, not retried, if its first dial fails
 
     def __str__(self) -> str:
         return (f"{self.local}=" if self.local else "") + f"{self.remote[0]}:{self.remote[1]}"
@@ -55,18 +61,23 @@ def handshake(channel: Channel, hs: ClientHandshake, timeout: float) -> Negotiat
 class Client:
     def __init__(self, paths: Sequence[PathSpec], *, transport: str = "auto", multiplier: int = 1,
                  options: Options = Options(), source_fd: int | None = 0, sink_fd: int | None = 1,
-                 ) -> None:
+                 auto: bool = True, on_recv_done: Callable[[], None] | None = None) -> None:
+        """`auto`: also dial the addresses the listener advertises (from the local address that routes to each)."""
         if not paths:
             raise UsageError("no path given: name at least one ADDR")
         if not 1 <= multiplier <= 16:
             raise UsageError("--multiplier must be between 1 and 16")
+        self.transport_names = transports.resolve(transport)
+        # Our SCTP transport is IPv4 only: a hostname then stands for its IPv4 addresses.
+        paths = expand_hostnames(paths, ipv4_only=self.transport_names[0] == "sctp")
         subflows = [spec for spec in paths for _ in range(multiplier)]
         if len(subflows) > options.session.max_paths:
             raise UsageError(f"{len(subflows)} connections requested; at most {options.session.max_paths}")
         self.subflows = dict(enumerate(subflows))
-        self.transport_names = transports.resolve(transport)
+        self.multiplier, self.auto = multiplier, auto
         self.options = options
         self.source_fd, self.sink_fd = source_fd, sink_fd
+        self.on_recv_done = on_recv_done  # everything the peer sent is written to sink_fd
         self.transport = self.transport_names[0]
         self.token = bytes(TOKEN_SIZE)
         self.runner: SessionRunner | None = None
@@ -80,9 +91,10 @@ class Client:
         channel = transports.load(transport).connect(spec.remote, spec.local, opts.connect_timeout)
         hs = ClientHandshake(key=opts.key, kind=kind, token=self.token, path_id=pid,
                              nonce=secrets.token_bytes(NONCE_SIZE), window=opts.session.window,
-                             max_chunk=opts.session.max_chunk)
+                             max_chunk=opts.session.max_chunk, encrypt=opts.encrypt)
         try:
-            return channel, handshake(channel, hs, opts.handshake_timeout)
+            neg = handshake(channel, hs, opts.handshake_timeout)
+            return secure(channel, neg.keys), neg
         except BaseException:
             channel.abort()
             channel.close()
@@ -119,6 +131,10 @@ class Client:
                 try:
                     channel, _ = self._dial(pid, HelloKind.JOIN, self.transport)
                 except SctpbondError as exc:
+                    spec = self.subflows[pid]
+                    if spec.optional and attempt == 0 and pid not in runner.session.paths:
+                        LOG.info(f"path {pid} ({spec}) dropped: {exc}")
+                        return
                     if attempt == 0:
                         LOG.warning(f"path {pid} ({self.subflows[pid]}) not up yet: {exc}; retrying")
                     delay = backoff[min(attempt, len(backoff) - 1)]
@@ -146,19 +162,92 @@ class Client:
 
     # -- running ----------------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        self._preload_routes()
         pid0, channel, neg = self._open_first()
         self.token = neg.token
         session = Session(self.options.session, peer_window=neg.peer_window, peer_max_chunk=neg.peer_max_chunk,
                           now=time.monotonic())
         self.runner = SessionRunner(session, source_fd=self.source_fd, sink_fd=self.sink_fd,
-                                    config=self.options.runner, on_path_down=self._on_path_down)
+                                    config=self.options.runner, on_path_down=self._on_path_down,
+                                    on_recv_done=self.on_recv_done)
         LOG.info(f"session open over {self.transport} via path {pid0} ({channel.label})")
         self.runner.attach(pid0, channel)
-        for pid in self.subflows:
+        for pid, spec in self.subflows.items():
+            local = channel.local[0] if pid == pid0 else spec.local
+            LOG.info(f"path {pid} {local or 'any'} -> {spec.remote[0]} ({spec.why or 'given on the command line'})")
             if pid != pid0:
                 self._start_join(pid, 0.0)
+        if self.auto:
+            # Route lookups need pyroute2 (slow to import): off the data path, which already runs on path pid0.
+            threading.Thread(target=self._add_advertised, args=(neg.peer_addresses, self.subflows[pid0].remote[1]),
+                             name="auto-paths", daemon=True).start()
         self.runner.run()
         return self.runner.stats()
+
+    # -- automatic paths ----------------------------------------------------------------------------------------------
+    def _preload_routes(self) -> None:
+        """Start importing pyroute2 now if automatic paths are likely: one address given for the listener
+        (`connect HOST`). With several, they usually are all its addresses and nothing is left to look up; a
+        listener reached over loopback advertises nothing else."""
+        remotes = {routes.normalize(s.remote[0]) for s in self.subflows.values()}
+        if self.auto and len(remotes) == 1 and not routes.is_loopback(remotes.pop()):
+            routes.preload()
+
+    def _add_advertised(self, advertised: tuple[str, ...], port: int) -> None:
+        try:
+            self._plan_advertised(advertised, port)
+        except Exception as exc:  # noqa: BLE001 -- a bonus: the session goes on with the paths it has
+            LOG.warning(f"no automatic paths: {type(exc).__name__}: {exc}")
+
+    def _plan_advertised(self, advertised: tuple[str, ...], port: int) -> None:
+        if not advertised:
+            LOG.info("automatic paths: the listener advertised no addresses")
+            return
+        with self._lock:
+            in_use = {routes.normalize(s.remote[0]): pid for pid, s in reversed(self.subflows.items())}
+            count = len(self.subflows)
+        fresh = [a for a in dict.fromkeys(routes.normalize(a) for a in advertised) if a not in in_use]
+        found = routes.lookup_routes(fresh) if fresh else {}
+        room = (self.options.session.max_paths - count) // self.multiplier
+        dropped = []
+        for choice in routes.plan_extra_paths(advertised, in_use, found, room):
+            if choice.over_limit:
+                dropped.append(choice.remote)
+            if not choice.take:
+                LOG.info(f"skipped {choice.remote}: {choice.why}")
+                continue
+            spec = PathSpec((choice.remote, port), choice.local, choice.why, optional=True)
+            with self._lock:
+                runner = self.runner
+                if runner is None or runner.finished:
+                    return
+                first = max(self.subflows) + 1
+                for k in range(self.multiplier):
+                    self.subflows[first + k] = spec
+            for k in range(self.multiplier):
+                LOG.info(f"path {first + k} {choice.local} -> {choice.remote} ({choice.why})")
+                self._start_join(first + k, 0.0)
+        if dropped:
+            LOG.warning(f"{len(dropped)} advertised address{'es' if len(dropped) > 1 else ''} not used "
+                        f"({', '.join(dropped)}): a session has at most {self.options.session.max_paths} "
+                        f"connections (--multiplier {self.multiplier})")
+
+
+def expand_hostnames(paths: Sequence[PathSpec], ipv4_only: bool = False) -> list[PathSpec]:
+    """A hostname stands for all its addresses (getaddrinfo), one path each; when it has several, each is
+    optional (dropped if it cannot be reached, as a browser tries each address of a name)."""
+    family = socket.AF_INET if ipv4_only else socket.AF_UNSPEC
+    out: list[PathSpec] = []
+    for spec in paths:
+        host, port = spec.remote
+        if routes.is_ip(host):
+            out.append(spec)
+            continue
+        addrs = routes.resolve(host, port, family)
+        for i, addr in enumerate(addrs):
+            why = f"{host} resolves to it" + (f", address {i + 1} of {len(addrs)}" if len(addrs) > 1 else "")
+            out.append(PathSpec((addr, port), spec.local, why, optional=len(addrs) > 1))
+    return out
 
 
 def parse_path(text: str, default_port: int) -> PathSpec:

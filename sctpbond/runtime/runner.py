@@ -30,6 +30,9 @@ class RunnerConfig:
     close_timeout: float = 3.0  # after completion, how long to wait for the peer's orderly close
     tick: float = 0.02
     read_block: int = 1 << 20
+    limit_rate: float | None = None  # bytes/s this side feeds into the session (--limit-rate), None: no cap
+    progress: bool = False  # live progress on stderr (runtime/progress.py)
+    expected_size: int | None = None  # bytes we will send, when known (a regular file): progress shows an ETA
 
 
 def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
@@ -43,11 +46,13 @@ class SessionRunner:
     def __init__(self, session: Session, *, source_fd: int | None, sink_fd: int | None,
                  config: RunnerConfig = RunnerConfig(),
                  on_path_down: Callable[[int, str], None] | None = None,
+                 on_recv_done: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.source_fd, self.sink_fd = source_fd, sink_fd
         self.config, self.clock = config, clock
         self.on_path_down = on_path_down
+        self.on_recv_done = on_recv_done  # all the peer sent is written to sink_fd (e.g. shut a relay socket's write)
         self.lock = threading.Lock()
         self._cond_read = threading.Condition(self.lock)
         self._cond_write = threading.Condition(self.lock)
@@ -182,15 +187,26 @@ class SessionRunner:
 
     # -- application side ----------------------------------------------------------------------------------------
     def _input_pump(self) -> None:
-        session, fd = self.session, self.source_fd
+        session, fd, rate = self.session, self.source_fd, self.config.limit_rate
         block = min(self.config.read_block, max(1, session.sendbuf.cap // 4))  # never wait for a drained buffer
+        if rate is not None:  # small reads keep a rate limit smooth (about 20 per second)
+            block = max(1024, min(block, int(rate / 20)))
+        paced_from, paced_bytes = time.monotonic(), 0
         while True:
+            if rate is not None:  # pace what goes in: the paths cannot send what was never written
+                ahead = paced_from + paced_bytes / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+                elif ahead < -0.25:  # stalled by the peer or the input: no burst to catch up afterwards
+                    paced_from, paced_bytes = time.monotonic(), 0
             try:
                 data = os.read(fd, block) if fd is not None else b""
             except OSError as exc:
                 with self.lock:
                     self._fail(AbortCode.CANCELLED, TransferFailed(f"cannot read input: {exc.strerror or exc}"))
                 return
+            if data:
+                session.tx_digest.update(data)  # only this thread writes: the digest keeps stream order
             with self.lock:
                 if not data:
                     session.close_send(self.clock())
@@ -200,20 +216,26 @@ class SessionRunner:
                     self._cond_write.wait(0.5)
                 if self.finished:
                     return
-                session.write(data)
+                session.write(data, digest=False)
                 self._wake()
+            paced_bytes += len(data)
 
     def _output_pump(self) -> None:
         session, fd = self.session, self.sink_fd
         while True:
             with self.lock:
-                while not (chunks := session.read()):
+                while not (chunks := session.read(digest=False)):
                     if session.failure is not None or session.recv_done:
-                        return
+                        break
                     self._cond_read.wait(0.5)
+            if not chunks:
+                if session.failure is None and self.on_recv_done is not None:
+                    self.on_recv_done()
+                return
             total = 0
             try:
                 for chunk in chunks:
+                    session.rx_digest.update(chunk)  # outside the lock; consumed() below checks it at the end
                     if fd is not None:
                         _write_all(fd, chunk)
                     total += len(chunk)
@@ -266,11 +288,31 @@ class SessionRunner:
             session.abort(AbortCode.TIMEOUT, why, TransferFailed(f"transfer failed: {why}; {session.progress()}"))
 
     # -- running ---------------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Cheap counters for the progress display."""
+        with self.lock:
+            s = self.session
+            paths = {p.id: (p.label, p.sent + p.received, p.alive) for p in s.paths.values()}
+            return {"acked": s.sendbuf.acked, "written": s.sendbuf.written, "received": s.reorder.consumed,
+                    "paths": paths}
+
+    def _start_progress(self) -> object | None:
+        if not self.config.progress:
+            return None
+        from .progress import ProgressDisplay
+
+        sending = self.source_fd is not None
+        display = ProgressDisplay(self.snapshot, total=self.config.expected_size if sending else None,
+                                  sending=sending)
+        display.start()
+        return display
+
     def run(self) -> None:
         """Move data until both directions are complete, or raise the reason they cannot be."""
         self._spawn("input", self._input_pump)
         self._spawn("output", self._output_pump)
         self._spawn("ticker", self._ticker)
+        display = self._start_progress()
         try:
             with self.lock:
                 while not self.finished:
@@ -279,9 +321,19 @@ class SessionRunner:
             with self.lock:
                 self._fail(AbortCode.CANCELLED, SessionAborted("interrupted"))
         finally:
+            if display is not None:
+                display.stop()
             self._shutdown()
         if self.session.failure is not None:
             raise self.session.failure
+
+    def join_pumps(self, timeout: float) -> bool:
+        """After run(): wait for the threads using source_fd/sink_fd to end; True if none is left."""
+        deadline = time.monotonic() + timeout
+        pumps = [t for t in self._threads if t.name in ("input", "output")]
+        for t in pumps:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in pumps)
 
     def _shutdown(self) -> None:
         """Let the senders flush (closing ACKs, ABORT) and shut down writes; after a success also wait for the

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import sctp as pysctp  # pysctp
 
-from ..errors import RemoteProtocolError, TransportError
+from ..errors import ConnectError, RemoteProtocolError, TransportError
 from ..proto.frames import MAX_FRAME, parse_header
 from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
 
@@ -225,7 +225,10 @@ def _new_socket(family: int, streams: int) -> pysctp.sctpsocket_tcp:
 def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 5.0,
             streams: int = DEFAULT_STREAMS) -> SctpChannel:
     """One association to `remote`, bound to every local address (`local` first) so it can fail over."""
-    host = socket.gethostbyname(remote[0])
+    try:
+        host = socket.gethostbyname(remote[0])
+    except OSError as exc:  # an IPv6 address or an unknown name: this transport is IPv4 only
+        raise ConnectError(f"cannot use {remote[0]} over SCTP: {exc.strerror or exc} (IPv4 only)") from None
     sk = _new_socket(socket.AF_INET, streams)
     try:
         locals_ = local_addresses()

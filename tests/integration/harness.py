@@ -74,7 +74,7 @@ class Result:
 
 def transfer(net: Network, tmp: Path, *, to_listener: Path | None, to_client: Path | None,
              client_args: list[str], listen_args: list[str] = (), addrs: list[str] | None = None,
-             timeout: float = 120.0, during=None, port: int = PORT) -> Result:
+             timeout: float = 120.0, during=None, port: int = PORT, client_env: dict | None = None) -> Result:
     """Listener in host b, client in host a; files in, files out (tmp/out_l, tmp/out_c); both exit codes."""
     addrs = addrs if addrs is not None else [net.addr("b", i) for i in range(len(net.topo.links))]
     lstats, cstats = tmp / "listen.json", tmp / "connect.json"
@@ -93,7 +93,8 @@ def transfer(net: Network, tmp: Path, *, to_listener: Path | None, to_client: Pa
     try:
         wait_listening(net, "b", port)
         start = time.monotonic()
-        client = net.popen("a", ccmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env = None if client_env is None else {**os.environ, **client_env}
+        client = net.popen("a", ccmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         try:
             if during is not None:
                 during(net, client, listener)

@@ -1,0 +1,71 @@
+"""The public Python API (sctpbond.connect / sctpbond.listen) in one process, over loopback TCP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+
+import pytest
+
+import sctpbond
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_digest(port: int, result: dict, **settings) -> threading.Thread:
+    """A listener that reads the whole stream and answers with its sha256."""
+
+    def run() -> None:
+        try:
+            with sctpbond.listen(port, bind=["127.0.0.1"], transport="tcp", accept_timeout=20, **settings) as s:
+                digest = hashlib.sha256()
+                for block in s:
+                    digest.update(block)
+                s.write(digest.digest())
+            result["stats"] = s.stats
+        except Exception as exc:  # reported to the test
+            result["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("key", [None, "api-secret"], ids=["no-key", "encrypted"])
+def test_duplex_stream_over_two_paths(key):
+    port, result = free_port(), {}
+    server = serve_digest(port, result, key=key)
+    data = os.urandom(24 << 20)
+    with sctpbond.connect(["127.0.0.1", ("127.0.0.1", port)], port=port, transport="tcp", key=key) as stream:
+        for i in range(0, len(data), 1 << 20):
+            stream.write(data[i:i + (1 << 20)])
+        stream.close_write()
+        reply = stream.read()
+    server.join(30)
+    assert "error" not in result, result.get("error")
+    assert reply == hashlib.sha256(data).digest()
+    assert stream.stats["bytes_acked"] == len(data) and stream.stats["digest_ok"] is True
+    assert len(stream.stats["paths"]) == 2 and all(p["bytes_sent"] > 0 for p in stream.stats["paths"])
+    assert result["stats"]["bytes_received"] == len(data)
+
+
+def test_connection_refused_raises_a_sctpbond_error():
+    with pytest.raises(sctpbond.SctpbondError, match="refused"):
+        with sctpbond.connect(["127.0.0.1"], port=free_port(), transport="tcp") as stream:
+            stream.write(b"x" * 100)
+
+
+def test_wrong_key_raises_on_both_sides():
+    port, result = free_port(), {}
+    server = serve_digest(port, result, key="right")
+    with pytest.raises(sctpbond.SctpbondError, match="authentication failed"):
+        with sctpbond.connect(["127.0.0.1"], port=port, transport="tcp", key="wrong") as stream:
+            stream.write(b"x" * 100)
+    server.join(30)
+    assert isinstance(result.get("error"), sctpbond.SctpbondError), result

@@ -1,0 +1,247 @@
+"""`listen --keep-open`: many sessions, several at once, each isolated; one failing never disturbs another.
+And the one-session default: a wrong key ends the listener with exit 1 before anything is written."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import PORT, SCTPBOND, random_file, sha256_file, stop, wait_listening
+
+pytestmark = pytest.mark.netns
+MiB = 1 << 20
+FAILED = re.compile(r"^sctpbond: session \d+ from \S+ failed: ", re.MULTILINE)
+DONE = re.compile(r"^sctpbond: session \d+ from \S+ done: ", re.MULTILINE)
+
+
+def _addrs(net) -> list[str]:
+    return [net.addr("b", i) for i in range(len(net.topo.links))]
+
+
+def _wait_for(path: Path, done, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text()
+        if done(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+def test_three_concurrent_sessions_one_killed_midway(netns_topology, tmp_path):
+    net = netns_topology("2x200")
+    lerr_path = tmp_path / "listen.err"
+    listener = net.popen("b", SCTPBOND + ["listen", "-v", "-t", "tcp", "-p", str(PORT), "--keep-open", "--exec",
+                                          "cat"], stdin=subprocess.DEVNULL, stderr=open(lerr_path, "w"))
+    feeder = victim = None
+    clients: dict[str, subprocess.Popen] = {}
+    try:
+        wait_listening(net, "b", PORT)
+        files = {name: random_file(tmp_path / name, 64 * MiB) for name in ("A", "B")}
+        for name, data in files.items():
+            clients[name] = net.popen("a", SCTPBOND + ["connect", "-t", "tcp", "-p", str(PORT), "-i", str(data),
+                                                       "-o", str(tmp_path / f"{name}.back"), *_addrs(net)],
+                                      stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # the victim streams without end from a pipe, so it is surely mid-way when it is killed
+        feeder = subprocess.Popen(["sh", "-c", "while :; do head -c 1048576 /dev/urandom; sleep 0.02; done"],
+                                  stdout=subprocess.PIPE)
+        victim = net.popen("a", SCTPBOND + ["connect", "-t", "tcp", "-p", str(PORT), "-o", "/dev/null",
+                                            *_addrs(net)], stdin=feeder.stdout, stderr=subprocess.DEVNULL)
+        feeder.stdout.close()
+        _wait_for(lerr_path, lambda t: t.count("started by") >= 3, 30)
+        time.sleep(0.5)
+        running = [name for name, c in clients.items() if c.poll() is None]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        feeder.kill()
+        for name, client in clients.items():
+            _, err = client.communicate(timeout=120)
+            assert client.returncode == 0, f"{name}: {err}"
+            assert sha256_file(tmp_path / f"{name}.back") == sha256_file(files[name]), name
+        assert running == ["A", "B"], "the two other sessions were still transferring when the third was killed"
+
+        text = _wait_for(lerr_path, lambda t: FAILED.search(t), 30)
+        assert len(FAILED.findall(text)) == 1, text
+
+        # the listener goes on serving: a fourth session works
+        fourth = random_file(tmp_path / "D", 8 * MiB)
+        d = net.run("a", SCTPBOND + ["connect", "-t", "tcp", "-p", str(PORT), "-i", str(fourth), "-o",
+                                     str(tmp_path / "D.back"), *_addrs(net)], capture_output=True, text=True,
+                    timeout=60, stdin=subprocess.DEVNULL)
+        assert d.returncode == 0, d.stderr
+        assert sha256_file(tmp_path / "D.back") == sha256_file(fourth)
+        text = _wait_for(lerr_path, lambda t: len(DONE.findall(t)) >= 3, 20)
+        assert len(DONE.findall(text)) == 3 and len(FAILED.findall(text)) == 1, text
+        assert "rejected connection" not in text, text
+        assert "Traceback" not in text, text
+        assert listener.poll() is None, text
+        # every session's command is gone, the killed one's included
+        deadline = time.monotonic() + 10
+        while _children(listener.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _children(listener.pid) == [], "a session's command outlived its session"
+    finally:
+        stop(victim, feeder, *clients.values(), listener)
+
+
+def test_keep_open_files_per_session_and_a_wrong_key_in_between(netns_topology, tmp_path):
+    """-o with {n}: one file per session; a wrong key and garbage are logged in one line each, the listener goes
+    on, and no file is created for them."""
+    net = netns_topology("2x200")
+    key, bad = tmp_path / "key", tmp_path / "bad"
+    key.write_text("the right key\n")
+    bad.write_text("a wrong key\n")
+    lerr_path = tmp_path / "listen.err"
+    outdir = tmp_path / "recv"
+    outdir.mkdir()
+    listener = net.popen("b", SCTPBOND + ["listen", "-t", "tcp", "-p", str(PORT), "--keep-open", "--key-file",
+                                          str(key), "-o", str(outdir / "session-{n}.bin")],
+                         stdin=subprocess.DEVNULL, stderr=open(lerr_path, "w"))
+    try:
+        wait_listening(net, "b", PORT)
+        first = random_file(tmp_path / "first", 16 * MiB)
+        second = random_file(tmp_path / "second", 24 * MiB)
+
+        def send(data: Path, keyfile: Path) -> subprocess.CompletedProcess:
+            return net.run("a", SCTPBOND + ["connect", "-t", "tcp", "-p", str(PORT), "--key-file", str(keyfile),
+                                            "-i", str(data), *_addrs(net)], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+
+        r1 = send(first, key)
+        assert r1.returncode == 0, r1.stderr
+        wrong = send(second, bad)
+        assert wrong.returncode == 1
+        assert wrong.stderr.strip().splitlines()[-1].startswith("sctpbond: error: authentication failed"), wrong.stderr
+        garbage = f"import socket, os; socket.create_connection(({_addrs(net)[0]!r}, {PORT})).sendall(os.urandom(4096))"
+        net.run("a", ["python3", "-c", garbage], check=True)
+        r2 = send(second, key)
+        assert r2.returncode == 0, r2.stderr
+        text = _wait_for(lerr_path, lambda t: "authentication failed" in t, 10)
+        assert listener.poll() is None, text
+        assert text.count("rejected connection") == 2, text
+        assert sorted(p.name for p in outdir.iterdir()) == ["session-1.bin", "session-2.bin"]
+        assert sha256_file(outdir / "session-1.bin") == sha256_file(first)
+        assert sha256_file(outdir / "session-2.bin") == sha256_file(second)
+    finally:
+        stop(listener)
+
+
+def test_max_sessions_refuses_more_and_frees_the_slot(tmp_path):
+    port = _free_port()
+    lst = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "--keep-open",
+                                       "--max-sessions", "1", "--exec", "cat"], stdin=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    feeder = holder = None
+    try:
+        _wait_port(port)
+        feeder = subprocess.Popen(["sh", "-c", "while :; do head -c 65536 /dev/zero; sleep 0.05; done"],
+                                  stdout=subprocess.PIPE)
+        holder = subprocess.Popen(SCTPBOND + ["connect", "-t", "tcp", "-p", str(port), "127.0.0.1", "-o",
+                                              "/dev/null"], stdin=feeder.stdout, stderr=subprocess.PIPE)
+        feeder.stdout.close()
+        time.sleep(1.5)
+        busy = _run_client(port, b"hello")
+        assert busy.returncode == 1
+        assert "limit of 1 sessions" in busy.stderr.decode(), busy.stderr
+        holder.kill()
+        holder.wait()
+        feeder.kill()
+        deadline = time.monotonic() + 15  # the killed session fails once its peer is gone (about 2 s)
+        while True:
+            ok = _run_client(port, b"x" * 300000)
+            if ok.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout == b"x" * 300000
+        assert lst.poll() is None
+    finally:
+        stop(holder, feeder, lst)
+
+
+# -- one-session mode: a wrong key ends the listener, nothing is written -------------------------------------------
+@pytest.mark.parametrize("listener_key, client_key, listener_says, client_says", [
+    ("right", "wrong", "does not have the same key", "does not have the same key"),
+    ("right", None, "it has no key and this listener requires one", "requires a key"),
+    (None, "wrong", "it uses a key and this listener has none", "the listener has no key"),
+])
+def test_wrong_key_ends_a_one_session_listener(tmp_path, listener_key, client_key, listener_says, client_says):
+    port = _free_port()
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "SCTPBOND_KEY"}
+    lst = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "-N", "-o",
+                                       str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env=dict(env, SCTPBOND_KEY=listener_key) if listener_key else env)
+    try:
+        _wait_port(port)
+        data = random_file(tmp_path / "data", 1 * MiB)
+        args = ["connect", "-t", "tcp", "-p", str(port), "-i", str(data), "-o", str(tmp_path / "back"), "127.0.0.1"]
+        if client_key:
+            (tmp_path / "key").write_text(client_key)
+            args += ["--key-file", str(tmp_path / "key")]
+        client = subprocess.run(SCTPBOND + args, capture_output=True, text=True, timeout=30, env=env,
+                                stdin=subprocess.DEVNULL)
+        lout, lerr = lst.communicate(timeout=15)
+    finally:
+        stop(lst)
+    assert client.returncode == 1, client.stderr
+    assert lst.returncode == 1, lerr
+    for err, needle in ((client.stderr, client_says), (lerr, listener_says)):
+        lines = err.strip().splitlines()
+        assert "Traceback" not in err, err
+        assert lines[-1].startswith("sctpbond: error: "), err
+        assert needle in lines[-1], err
+    assert len(lerr.strip().splitlines()) <= 2, lerr  # (a "kernel SCTP not available" notice may come first)
+    assert not out.exists(), "the output file must not be created before a peer has authenticated"
+    assert lout == ""
+    assert not (tmp_path / "back").exists() or (tmp_path / "back").stat().st_size == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--keep-open"], "--relay"),
+    (["--keep-open", "-o", "same-name.bin"], "{n}"),
+    (["--keep-open", "-o", "x-{m}.bin"], "unknown field"),
+    (["--relay", "127.0.0.1:22", "--exec", "cat"], "exclude each other"),
+    (["--relay", "127.0.0.1"], "HOST:PORT"),
+    (["--relay", "127.0.0.1:22", "-o", "file"], "-o does not apply"),
+    (["--max-sessions", "4", "-o", "file"], "only with --keep-open"),
+])
+def test_listen_usage_errors_exit_2(tmp_path, args, needle):
+    proc = subprocess.run(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(_free_port()), *args],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sctpbond: error: ") and needle in last, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no listener on port {port}")
+
+
+def _run_client(port: int, data: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run(SCTPBOND + ["connect", "-t", "tcp", "-p", str(port), "127.0.0.1"], input=data,
+                          capture_output=True, timeout=30)
