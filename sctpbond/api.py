@@ -162,7 +162,7 @@ class Stream:
 
 
 def options(*, key: bytes | str | None = None, encrypt: bool = True, window: int = 64 * MiB,
-            chunk: int = 256 * 1024, dead_after: float = 1.0, path_timeout: float = 30.0,
+            chunk: int = MiB, dead_after: float = 1.0, path_timeout: float = 30.0,
             limit_rate: float | None = None) -> Options:
     """Session settings, as the command line's options (sizes in bytes, rate in bytes/s)."""
     if not 64 * 1024 <= chunk <= MiB or window < 4 * chunk:

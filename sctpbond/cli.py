@@ -120,7 +120,9 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Write per-path and total bytes, chunks, resends and throughput here at the end."),
         click.option("--window", default="64M", show_default=True,
                      help="Cap on the receive reorder buffer and on unacknowledged send data (memory bound)."),
-        click.option("--chunk", default="256K", show_default=True, help="Largest chunk sent on a path."),
+        click.option("--chunk", default="1M", show_default=True,
+                     help="Largest chunk (frame payload): each path sends chunks of about 20 ms of its rate, "
+                          "from 64K up to this."),
         click.option("--path-timeout", type=float, default=30.0, show_default=True,
                      help="With every path down, wait this many seconds for one to come back before failing."),
         click.option("--dead-after", type=float, default=1.0, show_default=True,
@@ -330,6 +332,9 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
 
         preload()  # the first WELCOME advertises our addresses (pyroute2): import it while nobody waits
     LOG.info(f"listening on port {port} ({', '.join(names)})" + (" for many sessions" if keep_open else ""))
+    if opts.key is None and not all(_is_loopback(b) for b in binds or ["0.0.0.0"]):
+        LOG.warning(f"notice: no key, so anyone who can reach port {port} on {', '.join(binds) or 'any address'} "
+                    "can start a session and nothing is encrypted (set --key-file or SCTPBOND_KEY)")
 
     def session_end(served: Served) -> None:
         if not keep_open:
@@ -353,6 +358,15 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
     if not keep_open:
         _write_stats(shared.stats_json, stats)
         _summary(stats)
+
+
+def _is_loopback(addr: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"
 
 
 def _per_session(pattern: str, served: Any) -> str:

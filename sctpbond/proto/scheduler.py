@@ -51,11 +51,23 @@ class SchedulerConfig:
     max_quota: int = 32 << 20
     sample_interval: float = 0.05
     max_chunk: int = 256 * 1024
+    min_chunk: int = 64 * 1024
+    chunk_time: float = 0.02  # a path's chunks are about this long on its link (a power of two in bytes)
 
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
+
+    def chunk(self, path: PathState) -> int:
+        """Chunk size for `path`: about `chunk_time` of its rate, so a fast path moves few large frames (the
+        per-frame cost is what limits a 1 Gbit/s path in Python) and a slow one keeps its queue short."""
+        cfg = self.config
+        size = min(cfg.min_chunk, cfg.max_chunk)
+        target = path.rate * cfg.chunk_time if path.rate > 0 else 256 * 1024
+        while size * 2 <= min(target, cfg.max_chunk):
+            size *= 2
+        return size
 
     def quota(self, path: PathState) -> int:
         cfg = self.config
@@ -65,19 +77,19 @@ class Scheduler:
         # a path sending k chunks per round trip measures k chunks/RTT, and without the extra chunk its quota
         # could stay too small to ever grant chunk k+1 (a fixed point below the link rate).
         target = max(cfg.delay_target, 2 * (path.min_rtt or 0.0))
-        return int(min(cfg.max_quota, max(cfg.min_quota, path.rate * target))) + cfg.max_chunk
+        return int(min(cfg.max_quota, max(cfg.min_quota, path.rate * target))) + self.chunk(path)
 
     def grant(self, path: PathState) -> int:
         """Bytes of new data `path` may take now (0: let the others work)."""
         if not path.alive or path.stale:
             return 0
-        quota = self.quota(path)
+        quota, chunk = self.quota(path), self.chunk(path)
         budget = quota - path.in_flight
         # Refuse slivers: a path waits until it can take a sizeable piece (a chunk, or a quarter of a small quota:
         # a slow path must still keep a chunk in flight while it serializes one), which keeps frames large.
-        if budget < min(self.config.max_chunk, quota // 4):
+        if budget < min(chunk, quota // 4):
             return 0
-        return min(self.config.max_chunk, budget)
+        return min(chunk, budget)
 
     def on_peer_received(self, path: PathState, value: int, now: float) -> None:
         """The peer reports `value` payload bytes received on `path` (cumulative): update the rate estimate."""

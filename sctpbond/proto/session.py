@@ -35,7 +35,7 @@ class Wake(enum.IntFlag):
 class SessionConfig:
     window: int = 64 * MiB  # reorder buffer cap we advertise (bytes held for the application)
     send_cap: int = 64 * MiB  # unacknowledged bytes we keep for resending
-    max_chunk: int = 256 * 1024
+    max_chunk: int = 1 << 20
     ping_interval: float = 0.2
     dead_after: float = 1.0  # silence on a path for this long means it is dead (blackhole detection)
     # Silence this long while data is outstanding makes a path stale: its unacknowledged chunks are sent again on

@@ -153,3 +153,19 @@ def test_progress_is_drawn_on_a_terminal(netns_topology, tmp_path):
     assert re.search(r"p0 \d+ · p1 \d+ Mbit/s", text), text[-2000:]
     assert "48.0/48.0 MiB" in text, text[-2000:]  # the size of the input file is known: a total and an ETA
     assert sha256_file(out) == sha256_file(up)
+
+
+@pytest.mark.parametrize(("args", "notice"), [(["-b", "0.0.0.0"], True), (["-b", "127.0.0.1"], False),
+                                              (["-b", "0.0.0.0", "--key-file", "KEY"], False)],
+                         ids=["wildcard-no-key", "loopback", "keyed"])
+def test_listener_without_a_key_on_a_reachable_address_says_so(tmp_path, keyfile, args, notice):
+    args = [str(keyfile) if a == "KEY" else a for a in args]
+    proc = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-p", "7319", "-N", "-o", "/dev/null",
+                                        *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # it logs at start-up, then waits for a peer
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert ("notice: no key" in err) == notice, err
+    assert "Traceback" not in err

@@ -13,6 +13,7 @@ CFG = SchedulerConfig(
     max_quota=32 << 20,
     sample_interval=0.05,
     max_chunk=256 * 1024,
+    min_chunk=256 * 1024,  # a fixed chunk: these tests are about quotas (adaptive chunks: test_chunk_size_*)
 )
 T0 = 1000.0  # a realistic monotonic clock value
 
@@ -213,3 +214,26 @@ def test_quota_limited_path_recovers_from_a_low_estimate(mbit: int, rtt: float, 
     of headroom, 200 Mbit/s stayed at ~52, 1 Gbit/s at ~65, fresh 100 / 50 Mbit/s paths at ~41 / ~30)."""
     link = mbit * 1e6 / 8
     assert closed_loop(SchedulerConfig(), link, rtt, start_rate=start * link) > 0.8 * link
+
+
+@pytest.mark.parametrize(("rate", "chunk"), [
+    (0.0, 256 * 1024),  # no sample yet
+    (2.5e6, 64 * 1024),  # 20 Mbit/s: 50 kB in 20 ms, the floor
+    (12.5e6, 128 * 1024),  # 100 Mbit/s: 250 kB
+    (25e6, 256 * 1024),  # 200 Mbit/s: 500 kB
+    (125e6, 1 << 20),  # 1 Gbit/s: 2.5 MB, capped at max_chunk
+])
+def test_chunk_size_follows_the_path_rate(rate: float, chunk: int) -> None:
+    s = Scheduler(SchedulerConfig(max_chunk=1 << 20))
+    p = PathState(0, rate=rate)
+    assert s.chunk(p) == chunk
+    assert s.grant(p) == chunk  # nothing in flight: one whole chunk
+    if rate == 0:
+        assert s.quota(p) == s.config.initial_quota
+    else:  # rate x delay target, clamped, plus one chunk of this path's size as headroom
+        assert s.quota(p) == int(min(s.config.max_quota, max(s.config.min_quota, rate * 0.05))) + chunk
+
+
+def test_chunk_size_never_exceeds_the_negotiated_maximum() -> None:
+    s = Scheduler(SchedulerConfig(max_chunk=30_000))
+    assert s.chunk(PathState(0, rate=1e9)) == 30_000
