@@ -72,6 +72,7 @@ class Server:
         self._fatal: SctpbondError | None = None  # one-session mode: why the listener must end without one
         self._decided = threading.Event()  # one-session mode: _first or _fatal is set
         self._stop = threading.Event()
+        self._deadlines: dict[Channel, threading.Timer] = {}  # handshakes in progress -> their deadline
         self.rejected = 0
 
     # -- accepting --------------------------------------------------------------------------------------------------
@@ -107,6 +108,10 @@ class Server:
             self._handshake_and_attach(channel)
         finally:
             self._pending.release()
+            with self._lock:
+                deadline = self._deadlines.pop(channel, None)
+            if deadline is not None:  # every way out of the handshake stops its deadline
+                deadline.cancel()
 
     def _handshake_and_attach(self, channel: Channel) -> None:
         opts = self.options
@@ -116,6 +121,19 @@ class Server:
                              addresses=welcome_addresses(opts.advertise, self.listeners, channel),
                              require_encrypt=opts.encrypt)
         channel.set_timeout(opts.handshake_timeout)
+        # The socket timeout bounds each read; this deadline bounds the whole handshake, so a peer that trickles
+        # one byte at a time cannot hold a handshake slot for ever.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            channel.abort()
+
+        deadline = threading.Timer(opts.handshake_timeout, expire)
+        deadline.daemon = True
+        with self._lock:
+            self._deadlines[channel] = deadline
+        deadline.start()
         claimed_here = False
         endpoint: Endpoint | None = None
         info: SessionInfo | None = None
@@ -152,7 +170,13 @@ class Server:
                     with self._lock:  # paths may join as soon as READY is out, before _attach registers it
                         self._reserved.add(hs.result.token)
                 channel.send((encode(reply),))
+            deadline.cancel()
+            if expired.is_set():  # it fired just as the handshake finished: the channel is already aborted
+                raise TransportError("handshake not finished in time")
         except (ProtocolError, SessionAborted, TransportError) as exc:
+            deadline.cancel()
+            if expired.is_set():
+                exc = TransportError(f"handshake not finished within {opts.handshake_timeout:g} s")
             if claimed_here:
                 self._unclaim()
                 with self._lock:
