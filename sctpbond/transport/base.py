@@ -55,6 +55,39 @@ class Channel(abc.ABC):
         return {}
 
 
+class ChannelWrapper(Channel):
+    """A channel around another one (sealing, test hooks): forwards everything; subclasses override send/recv."""
+
+    def __init__(self, inner: Channel) -> None:
+        self.inner = inner
+        self.transport, self.local, self.remote = inner.transport, inner.local, inner.remote
+
+    @property
+    def label(self) -> str:
+        return self.inner.label
+
+    def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
+        self.inner.send(parts, data)
+
+    def recv(self) -> memoryview | None:
+        return self.inner.recv()
+
+    def shutdown_write(self) -> None:
+        self.inner.shutdown_write()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.inner.set_timeout(seconds)
+
+    def info(self) -> dict:
+        return self.inner.info()
+
+
 class SocketChannel(Channel):
     """A channel over one connected socket `self.sock` (TCP, or the stdlib side of an SCTP association)."""
 

@@ -10,19 +10,14 @@ import threading
 from collections.abc import Sequence
 
 from ..proto.crypto import Opener, Sealer
-from .base import Buffer, Channel
+from .base import Buffer, Channel, ChannelWrapper
 
 
-class SealedChannel(Channel):
+class SealedChannel(ChannelWrapper):
     def __init__(self, inner: Channel, send_key: bytes, recv_key: bytes) -> None:
-        self.inner = inner
-        self.transport, self.local, self.remote = inner.transport, inner.local, inner.remote
+        super().__init__(inner)
         self._sealer, self._opener = Sealer(send_key), Opener(recv_key)
         self._send_lock = threading.Lock()  # the sequence number and the send order must agree (TCP)
-
-    @property
-    def label(self) -> str:
-        return self.inner.label
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         with self._send_lock:
@@ -32,23 +27,11 @@ class SealedChannel(Channel):
         buf = self.inner.recv()
         return None if buf is None else self._opener.open(buf)
 
-    def shutdown_write(self) -> None:
-        self.inner.shutdown_write()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self.inner.set_timeout(seconds)
-
     def info(self) -> dict:
         return {**self.inner.info(), "encrypted": "aes-256-gcm"}
 
 
-class FlipOnce(Channel):
+class FlipOnce(ChannelWrapper):
     """Test hook (SCTPBOND_TEST_FLIP_DATA=N): flips one bit in the Nth DATA frame this process puts on the wire,
     below the sealing, as a faulty link or a meddling router would. Lets tests prove that corruption is caught by
     the AEAD (keyed) or the end-to-end digest (no key). Never set outside tests."""
@@ -57,12 +40,8 @@ class FlipOnce(Channel):
     _lock = threading.Lock()
 
     def __init__(self, inner: Channel, nth: int) -> None:
-        self.inner, self.nth = inner, nth
-        self.transport, self.local, self.remote = inner.transport, inner.local, inner.remote
-
-    @property
-    def label(self) -> str:
-        return self.inner.label
+        super().__init__(inner)
+        self.nth = nth
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         if data:
@@ -74,24 +53,6 @@ class FlipOnce(Channel):
                 last[len(last) // 2] ^= 0x10
                 parts = (*parts[:-1], last)
         self.inner.send(parts, data)
-
-    def recv(self) -> memoryview | None:
-        return self.inner.recv()
-
-    def shutdown_write(self) -> None:
-        self.inner.shutdown_write()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self.inner.set_timeout(seconds)
-
-    def info(self) -> dict:
-        return self.inner.info()
 
 
 def secure(channel: Channel, keys: tuple[bytes, bytes] | None) -> Channel:

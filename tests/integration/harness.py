@@ -47,6 +47,25 @@ def wait_listening(net: Network, host: str, port: int, timeout: float = 30.0) ->
     raise AssertionError(f"nothing listens on port {port} in host {host} after {timeout} s")
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on in this namespace right now (loopback tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    """Until something listens on TCP `port` in this namespace."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no listener on port {port}")
+
+
 def stop(*procs: subprocess.Popen | None) -> None:
     """Kill and reap whatever is still running (tests must never leave processes behind)."""
     for p in procs:

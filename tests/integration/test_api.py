@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import threading
 
 import pytest
 
 import sctpbond
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.integration.harness import free_port
 
 
 def serve_digest(port: int, result: dict, **settings) -> threading.Thread:

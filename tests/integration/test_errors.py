@@ -11,13 +11,7 @@ import pytest
 
 from sctpbond.transport import sctp_support
 
-from .harness import SCTPBOND, random_file, sha256_file
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .harness import SCTPBOND, free_port, random_file, sha256_file, wait_port
 
 
 def run(args, timeout=30, **kw) -> subprocess.CompletedProcess:
@@ -32,15 +26,6 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     for needle in needles:
         assert needle in lines[-1], proc.stderr
 
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no listener on port {port}")
 
 
 @pytest.mark.parametrize("args, needle", [

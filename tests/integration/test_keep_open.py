@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .harness import PORT, SCTPBOND, random_file, sha256_file, stop, wait_listening
+from .harness import PORT, SCTPBOND, free_port, random_file, sha256_file, stop, wait_listening, wait_port
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -137,13 +136,13 @@ def test_keep_open_files_per_session_and_a_wrong_key_in_between(netns_topology, 
 
 
 def test_max_sessions_refuses_more_and_frees_the_slot(tmp_path):
-    port = _free_port()
+    port = free_port()
     lst = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "--keep-open",
                                        "--max-sessions", "1", "--exec", "cat"], stdin=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     feeder = holder = None
     try:
-        _wait_port(port)
+        wait_port(port)
         feeder = subprocess.Popen(["sh", "-c", "while :; do head -c 65536 /dev/zero; sleep 0.05; done"],
                                   stdout=subprocess.PIPE)
         holder = subprocess.Popen(SCTPBOND + ["connect", "-t", "tcp", "-p", str(port), "127.0.0.1", "-o",
@@ -176,7 +175,7 @@ def test_max_sessions_refuses_more_and_frees_the_slot(tmp_path):
     (None, "wrong", "it uses a key and this listener has none", "the listener has no key"),
 ])
 def test_wrong_key_ends_a_one_session_listener(tmp_path, listener_key, client_key, listener_says, client_says):
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "SCTPBOND_KEY"}
     lst = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "-N", "-o",
@@ -184,7 +183,7 @@ def test_wrong_key_ends_a_one_session_listener(tmp_path, listener_key, client_ke
                            stderr=subprocess.PIPE, text=True,
                            env=dict(env, SCTPBOND_KEY=listener_key) if listener_key else env)
     try:
-        _wait_port(port)
+        wait_port(port)
         data = random_file(tmp_path / "data", 1 * MiB)
         args = ["connect", "-t", "tcp", "-p", str(port), "-i", str(data), "-o", str(tmp_path / "back"), "127.0.0.1"]
         if client_key:
@@ -218,7 +217,7 @@ def test_wrong_key_ends_a_one_session_listener(tmp_path, listener_key, client_ke
     (["--max-sessions", "4", "-o", "file"], "only with --keep-open"),
 ])
 def test_listen_usage_errors_exit_2(tmp_path, args, needle):
-    proc = subprocess.run(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(_free_port()), *args],
+    proc = subprocess.run(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(free_port()), *args],
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -227,19 +226,8 @@ def test_listen_usage_errors_exit_2(tmp_path, args, needle):
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no listener on port {port}")
 
 
 def _run_client(port: int, data: bytes) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import PORT, SCTPBOND, random_file, sha256_file, stop, wait_listening
+from .harness import PORT, SCTPBOND, free_port, random_file, sha256_file, stop, wait_listening, wait_port
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -81,12 +81,12 @@ def test_relay_round_trip_through_a_tcp_service(netns_topology, tmp_path):
 
 def test_relay_target_down_is_a_clear_error_on_both_sides(tmp_path):
     """No service behind --relay: the client is refused with the reason, the one-session listener exits 1."""
-    port, dead = _free_port(), _free_port()
+    port, dead = free_port(), free_port()
     listener = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "--relay",
                                             f"127.0.0.1:{dead}"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
     try:
-        _wait_port(port)
+        wait_port(port)
         client = subprocess.run(SCTPBOND + ["connect", "-t", "tcp", "-p", str(port), "127.0.0.1"],
                                 input=b"hello", capture_output=True, timeout=30)
         _, lerr = listener.communicate(timeout=30)
@@ -126,12 +126,12 @@ def test_exec_cat_round_trip(netns_topology, tmp_path):
 
 
 def test_exec_nonzero_exit_status_is_logged(tmp_path):
-    port = _free_port()
+    port = free_port()
     listener = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "--exec",
                                             "cat; exit 3"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
     try:
-        _wait_port(port)
+        wait_port(port)
         client = subprocess.run(SCTPBOND + ["connect", "-t", "tcp", "-p", str(port), "127.0.0.1"],
                                 input=b"x" * 100000, capture_output=True, timeout=30)
         _, lerr = listener.communicate(timeout=30)
@@ -218,21 +218,8 @@ def test_ssh_proxycommand_through_a_keep_open_relay_to_sshd(netns_topology, tmp_
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no listener on port {port}")
 
 
 def _wait_for(path: Path, done, timeout: float) -> str:
