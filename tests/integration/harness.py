@@ -66,6 +66,16 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise AssertionError(f"no listener on port {port}")
 
 
+def wait_for_text(path: Path, done, timeout: float) -> str:
+    """The text of `path` (a log) once done(text) holds, or when `timeout` passes (the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text()
+        if done(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
 def stop(*procs: subprocess.Popen | None) -> None:
     """Kill and reap whatever is still running (tests must never leave processes behind)."""
     for p in procs:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import PORT, SCTPBOND, free_port, random_file, sha256_file, stop, wait_listening, wait_port
+from .harness import PORT, SCTPBOND, free_port, random_file, sha256_file, stop, wait_for_text, wait_listening, wait_port
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -23,14 +23,6 @@ DONE = re.compile(r"^sctpbond: session \d+ from \S+ done: ", re.MULTILINE)
 def _addrs(net) -> list[str]:
     return [net.addr("b", i) for i in range(len(net.topo.links))]
 
-
-def _wait_for(path: Path, done, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text()
-        if done(text) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.1)
 
 
 def _children(pid: int) -> list[str]:
@@ -57,7 +49,7 @@ def test_three_concurrent_sessions_one_killed_midway(netns_topology, tmp_path):
         victim = net.popen("a", SCTPBOND + ["connect", "-t", "tcp", "-p", str(PORT), "-o", "/dev/null",
                                             *_addrs(net)], stdin=feeder.stdout, stderr=subprocess.DEVNULL)
         feeder.stdout.close()
-        _wait_for(lerr_path, lambda t: t.count("started by") >= 3, 30)
+        wait_for_text(lerr_path, lambda t: t.count("started by") >= 3, 30)
         time.sleep(0.5)
         running = [name for name, c in clients.items() if c.poll() is None]
         victim.send_signal(signal.SIGKILL)
@@ -69,7 +61,7 @@ def test_three_concurrent_sessions_one_killed_midway(netns_topology, tmp_path):
             assert sha256_file(tmp_path / f"{name}.back") == sha256_file(files[name]), name
         assert running == ["A", "B"], "the two other sessions were still transferring when the third was killed"
 
-        text = _wait_for(lerr_path, lambda t: FAILED.search(t), 30)
+        text = wait_for_text(lerr_path, lambda t: FAILED.search(t), 30)
         assert len(FAILED.findall(text)) == 1, text
 
         # the listener goes on serving: a fourth session works
@@ -79,7 +71,7 @@ def test_three_concurrent_sessions_one_killed_midway(netns_topology, tmp_path):
                     timeout=60, stdin=subprocess.DEVNULL)
         assert d.returncode == 0, d.stderr
         assert sha256_file(tmp_path / "D.back") == sha256_file(fourth)
-        text = _wait_for(lerr_path, lambda t: len(DONE.findall(t)) >= 3, 20)
+        text = wait_for_text(lerr_path, lambda t: len(DONE.findall(t)) >= 3, 20)
         assert len(DONE.findall(text)) == 3 and len(FAILED.findall(text)) == 1, text
         assert "rejected connection" not in text, text
         assert "Traceback" not in text, text
@@ -125,7 +117,7 @@ def test_keep_open_files_per_session_and_a_wrong_key_in_between(netns_topology, 
         net.run("a", ["python3", "-c", garbage], check=True)
         r2 = send(second, key)
         assert r2.returncode == 0, r2.stderr
-        text = _wait_for(lerr_path, lambda t: "authentication failed" in t, 10)
+        text = wait_for_text(lerr_path, lambda t: "authentication failed" in t, 10)
         assert listener.poll() is None, text
         assert text.count("rejected connection") == 2, text
         assert sorted(p.name for p in outdir.iterdir()) == ["session-1.bin", "session-2.bin"]
@@ -226,9 +218,6 @@ def test_listen_usage_errors_exit_2(tmp_path, args, needle):
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-
-
-
 
 def _run_client(port: int, data: bytes) -> subprocess.CompletedProcess:
     return subprocess.run(SCTPBOND + ["connect", "-t", "tcp", "-p", str(port), "127.0.0.1"], input=data,

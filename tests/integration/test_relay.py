@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import PORT, SCTPBOND, free_port, random_file, sha256_file, stop, wait_listening, wait_port
+from .harness import PORT, SCTPBOND, free_port, random_file, sha256_file, stop, wait_for_text, wait_listening, wait_port
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -210,22 +210,8 @@ def test_ssh_proxycommand_through_a_keep_open_relay_to_sshd(netns_topology, tmp_
         assert digest.stdout.split()[0] == sha256_file(data)
 
         # every session closed in order (no failure logged) and the listener still serves
-        text = _wait_for(lerr_path, lambda t: t.count(" done: ") >= 3, 20)
+        text = wait_for_text(lerr_path, lambda t: t.count(" done: ") >= 3, 20)
         assert " failed" not in text and "Traceback" not in text, text
         assert listener.poll() is None, text
     finally:
         stop(listener, sshd)
-
-
-# -- helpers ------------------------------------------------------------------------------------------------------
-
-
-
-
-def _wait_for(path: Path, done, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text()
-        if done(text) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.1)
