@@ -314,13 +314,15 @@ class Session:
         sb = self.sendbuf
         if path.stale:
             return None
+        # Resends go first but within the path's quota like new data: dumping a dead path's chunks on the
+        # survivors all at once would bury their heartbeats in queued data and make them look dead in turn.
+        grant = self.scheduler.grant(path)
+        if grant <= 0:
+            return None
         if sb.resend_pending:
             chunk = sb.take_resend(path.id)
             if chunk is not None:
                 return self._resend(path, chunk.offset, chunk.data, now)
-        grant = self.scheduler.grant(path)
-        if grant <= 0:
-            return None
         limit = min(grant, sb.acked + self.peer_window - sb.sent_offset)
         chunk = sb.take_new(limit, path.id)
         if chunk is not None:
@@ -367,10 +369,13 @@ class Session:
         failed: list[int] = []
         for path in self.alive_paths:
             silent = now - path.last_heard
-            if silent > cfg.dead_after:
+            # A path whose heartbeats queue behind its data (a slow link, a busy CPU) has a long RTT: give it time
+            # in proportion before calling it stale or dead. On a normal path the configured times apply.
+            rtt = path.srtt or 0.0
+            if silent > max(cfg.dead_after, 6 * rtt):
                 failed.append(path.id)
                 continue
-            if silent > cfg.stale_after and not path.stale and path.in_flight > 0:
+            if silent > max(cfg.stale_after, 3 * rtt) and not path.stale and path.in_flight > 0:
                 path.stale, path.stale_at = True, now
                 path.stale_events += 1
                 if self.sendbuf.requeue_path(path.id):

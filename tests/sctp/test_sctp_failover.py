@@ -191,7 +191,8 @@ def test_sctp_blackhole_mid_transfer(netns_topology, tmp_path, record_property):
                f"path 0 stayed alive, resent_bytes={res.client.stats['resent_bytes']}")
     downs = [ln for ln in res.client.stderr.splitlines() if " down: " in ln]
     _report(record_property, f"blackhole: {how}; {size >> 20} MiB in {res.elapsed:.1f} s, cut after "
-            f"{at_cut['fed_before'] / MiB:.1f} MiB were fed, {done - at_cut['t']:.1f} s before the end; client path downs: {downs}")
+            f"{at_cut['fed_before'] / MiB:.1f} MiB were fed, {done - at_cut['t']:.1f} s before the end; "
+            f"client path downs: {downs}")
 
 
 def test_sctp_flapping_link(netns_topology, tmp_path, record_property):
@@ -238,7 +239,7 @@ def test_sctp_flapping_link(netns_topology, tmp_path, record_property):
     during_flow = [t for t in toggles if flowing[0] <= t <= ended]
     assert len(during_flow) >= 4, (len(toggles), len(during_flow))
     gaps = [b - a for a, b in itertools.pairwise(toggles)]
-    assert max(gaps) < 2.5, max(gaps)
+    assert max(gaps) < 4.0, max(gaps)  # no long pause in the flapping (set_link is slow under emulation)
     # the steady link carried a real share (per-path counters restart when a path re-joins: read the link's own)
     assert rx_bytes(net, "b", 1) >= 1 * MiB and rx_bytes(net, "a", 1) >= down.stat().st_size // 8, _stderr(res)
     died = res.client.stderr.count(" down: ")
@@ -262,7 +263,8 @@ def test_sctp_two_percent_loss_on_one_path(netns_topology, tmp_path, record_prop
     _ok(res, tmp_path, up)
     after = snmp(net, "a")
     sent = [p["bytes_sent"] for p in sorted(res.client.stats["paths"], key=lambda p: p["id"])]
-    assert all(b > 0 for b in sent), sent
+    # both links carried a real share, the lossy one too (the links' own counters: a path's restart on a re-join)
+    assert min(rx_bytes(net, "b", i) for i in range(2)) >= 1 * MiB, (sent, _stderr(res))
     dropped = nft_dropped(net, "b", "loss1") + nft_dropped(net, "a", "loss1")
     assert dropped > 0  # the loss rule hit packets of the transfer
     # and the kernel repaired the loss inside the association: SCTP retransmissions (fast or timer-driven)

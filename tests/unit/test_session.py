@@ -621,7 +621,8 @@ def test_a_silent_path_turns_stale_and_its_chunks_go_out_again_elsewhere() -> No
         while isinstance(f := a.next_frame(pid, 10.0), Data):
             sent[pid].append(f.offset)
     assert sent[0] and sent[1]
-    a.receive(0, Pong(0), 10.35)  # path 0 answers; path 1 says nothing from now on
+    on0 = sum(len(c.data) for c in a.sendbuf.iter_unacked() if c.path == 0)
+    a.receive(0, Ack(on0, ((0, on0),)), 10.35)  # path 0 delivers all it took; path 1 says nothing from now on
     a.handle_timer(10.45)
     assert a.paths[1].stale and a.paths[1].alive and not a.paths[0].stale
     resent = []
@@ -630,8 +631,21 @@ def test_a_silent_path_turns_stale_and_its_chunks_go_out_again_elsewhere() -> No
             resent.append(f.offset)
     assert set(sent[1]) <= set(resent)  # path 1's chunks already went out on path 0
     assert not any(isinstance(a.next_frame(1, 10.45), Data) for _ in range(4))  # no new data for a stale path
-    a.receive(1, Pong(0), 10.5)  # heard again: a false alarm, back to work (duplicates are dropped downstream)
+    a.receive(1, Pong(int(10.499e6)), 10.5)  # heard again: a false alarm, back to work (duplicates are dropped downstream)
     assert not a.paths[1].stale and a.paths[1].stale_events == 1
-    a.receive(0, Pong(0), 11.55)
+    a.receive(0, Pong(int(11.549e6)), 11.55)
     assert a.handle_timer(11.6) == [1]  # path 1 silent since 10.5: past dead_after, now it is dead
     assert a.paths[0].alive and not a.paths[1].alive
+
+
+def test_silence_limits_grow_with_a_long_round_trip() -> None:
+    """Heartbeats queued behind data (a slow link, a busy CPU) are late, not lost: limits scale with the RTT."""
+    a, _ = pair(SessionConfig())
+    a.write(bytes(4 << 20))
+    while isinstance(a.next_frame(1, 10.0), Data):
+        pass
+    a.paths[1].srtt = 0.5  # 3 x 0.5 s to turn stale, 6 x 0.5 s to be dead
+    a.receive(0, Pong(int(12.9e6)), 12.95)
+    assert a.handle_timer(11.2) == [] and not a.paths[1].stale
+    assert a.handle_timer(11.6) == [] and a.paths[1].stale
+    assert a.handle_timer(13.1) == [1]
