@@ -1,4 +1,5 @@
-"""In the VM: 2 x 20 Mbit/s, 32 MiB over sctpbond --transport sctp vs iperf3 --sctp per link; 1..4 associations."""
+"""In the VM: 2 x 20 and 4 x 20 Mbit/s over sctpbond --transport sctp vs iperf3 --sctp per link (same run);
+throughput over 1..4 associations."""
 import json, subprocess, sys, time, os
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from sctpbond.topology import Network, load, Topology, LinkSpec
@@ -19,7 +20,7 @@ def bond(net, n, size, extra=()):
             break
         time.sleep(0.1)
     t0 = time.monotonic()
-    c = net.run("a", ["sh", "-c", f"head -c {size} /dev/urandom | " + " ".join(SB + ["connect", "-t", "sctp", "--stats-json", "/tmp/vc.json", "-o", "/dev/null", *extra] + [net.addr("b", i) for i in range(n)])], capture_output=True, text=True, timeout=300)
+    c = net.run("a", ["sh", "-c", f"head -c {size} /dev/urandom | " + " ".join(SB + ["connect", "-t", "sctp", "--no-auto", "--stats-json", "/tmp/vc.json", "-o", "/dev/null", *extra] + [net.addr("b", i) for i in range(n)])], capture_output=True, text=True, timeout=300)
     wall = time.monotonic() - t0
     lst.wait(60)
     s = json.load(open("/tmp/vc.json"))
@@ -31,6 +32,11 @@ with Network(load("2x20"), prefix="vb") as net:
     out["iperf3_sctp_link_mbit_s"] = [round(r0, 2), round(r1, 2)]
     out["sctpbond_sctp_2x20_32MiB"] = bond(net, 2, 32 << 20)
     out["ratio_vs_2x_iperf3_sctp"] = round(out["sctpbond_sctp_2x20_32MiB"]["session_mbit_s"] / (r0 + r1), 3)
+with Network(load("4x20"), prefix="vb4") as net:
+    rates = [iperf_sctp(net, i) for i in range(4)]
+    out["iperf3_sctp_4x20_link_mbit_s"] = [round(r, 2) for r in rates]
+    out["sctpbond_sctp_4x20_48MiB"] = bond(net, 4, 48 << 20)
+    out["ratio_4x20_vs_sum_iperf3_sctp"] = round(out["sctpbond_sctp_4x20_48MiB"]["session_mbit_s"] / sum(rates), 3)
 for n in (1, 2, 3, 4):
     with Network(Topology(f"{n}x20", "", (LinkSpec(20),) * n), prefix=f"vs{n}") as net:
         out[f"scale_{n}"] = bond(net, n, 8 * n << 20)

@@ -794,7 +794,7 @@ class Bench:
             feeder = self._feeder()
             addrs = [net.addr("b", i) for i in self.links]
             client = self._popen("a", "sctpbond connect", SCTPBOND + ["connect", *common, "-o", "/dev/null",
-                                                                      "--stats-json", str(cstats), *addrs],
+                                                                      "--stats-json", str(cstats), "--no-auto", *addrs],
                                  stdin=feeder.popen.stdout)
             pipe_of(feeder.popen.stdout).close()
             spies = self._profile(f"{res.name}-{rep}", {"connect": client, "listen": listener})
