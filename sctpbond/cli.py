@@ -122,7 +122,7 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Cap on the receive reorder buffer and on unacknowledged send data (memory bound)."),
         click.option("--chunk", default="1M", show_default=True,
                      help="Largest chunk (frame payload): each path sends chunks of about 20 ms of its rate, "
-                          "from 128K up to this."),
+                          "from 256K up to this."),
         click.option("--path-timeout", type=float, default=30.0, show_default=True,
                      help="With every path down, wait this many seconds for one to come back before failing."),
         click.option("--dead-after", type=float, default=1.0, show_default=True,

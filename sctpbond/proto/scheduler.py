@@ -51,7 +51,7 @@ class SchedulerConfig:
     max_quota: int = 32 << 20
     sample_interval: float = 0.05
     max_chunk: int = 256 * 1024
-    min_chunk: int = 128 * 1024  # slow links: 128 KiB is 52 ms at 20 Mbit/s, and halves the frames of 64 KiB
+    min_chunk: int = 256 * 1024  # per-frame cost rules on slow CPUs (the SCTP VM); 105 ms at 20 Mbit/s
     chunk_time: float = 0.02  # a path's chunks are about this long on its link (a power of two in bytes)
 
 

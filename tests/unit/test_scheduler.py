@@ -218,9 +218,9 @@ def test_quota_limited_path_recovers_from_a_low_estimate(mbit: int, rtt: float, 
 
 @pytest.mark.parametrize(("rate", "chunk"), [
     (0.0, 256 * 1024),  # no sample yet
-    (2.5e6, 128 * 1024),  # 20 Mbit/s: 50 kB in 20 ms, below the 128 KiB floor
-    (12.5e6, 128 * 1024),  # 100 Mbit/s: 250 kB
-    (25e6, 256 * 1024),  # 200 Mbit/s: 500 kB
+    (2.5e6, 256 * 1024),  # 20 Mbit/s: 50 kB in 20 ms, below the 256 KiB floor
+    (12.5e6, 256 * 1024),  # 100 Mbit/s: 250 kB, the floor
+    (50e6, 512 * 1024),  # 400 Mbit/s: 1 MB
     (125e6, 1 << 20),  # 1 Gbit/s: 2.5 MB, capped at max_chunk
 ])
 def test_chunk_size_follows_the_path_rate(rate: float, chunk: int) -> None:
