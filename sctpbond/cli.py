@@ -111,7 +111,8 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--key-file", type=click.Path(dir_okay=False),
                      help="Pre-shared key: both ends must use the same one (or set SCTPBOND_KEY). Authenticates "
                           "both ends with HMAC-SHA256 over fresh nonces and encrypts every frame with AES-256-GCM; "
-                          "without a key, paths join with a random session token and nothing is encrypted.",
+                          "without a key, paths join with a random 128-bit session token (a stranger cannot join your "
+                          "session, but anyone who reaches the listener can start one) and nothing is encrypted.",
                      envvar=None),
         click.option("--no-encrypt", is_flag=True,
                      help="With a key: authenticate but send the stream in clear (trusted links; saves CPU). "
