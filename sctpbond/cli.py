@@ -328,10 +328,12 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
     opts = _with_progress(opts, replace(shared, progress=False) if keep_open else shared, src)
     names = transports.resolve(shared.transport)
     listeners = transports.make_listeners(names, binds or ["0.0.0.0"], port)
-    if not binds:
+    if not binds and "tcp" in names:
         from .routes import preload
 
-        preload()  # the first WELCOME advertises our addresses (pyroute2): import it while nobody waits
+        # The first WELCOME advertises our addresses, which a wildcard TCP socket cannot list: import pyroute2
+        # while nobody waits (an SCTP socket lists them itself; pyroute2 would only cost CPU during the transfer).
+        preload()
     LOG.info(f"listening on port {port} ({', '.join(names)})" + (" for many sessions" if keep_open else ""))
     if opts.key is None and not all(_is_loopback(b) for b in binds or ["0.0.0.0"]):
         LOG.warning(f"notice: no key, so anyone who can reach port {port} on {', '.join(binds) or 'any address'} "
