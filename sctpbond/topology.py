@@ -17,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -337,6 +338,20 @@ class Network:
         for i, spec in enumerate(self.topo.links):
             if spec.loss_pct:
                 self.set_loss(i, spec.loss_pct)
+        self._wait_carrier()
+
+    def _wait_carrier(self, timeout: float = 10.0) -> None:
+        """Until every veth end reports carrier (operstate UP): a listener that reads its addresses in the first
+        instants would otherwise see the links as down (the peer end comes up a moment later)."""
+        deadline = time.monotonic() + timeout
+        for host in HOSTS:
+            with _ipr(self.ns(host)) as ipr:
+                for i in range(self.n_links):
+                    idx = _index(ipr, self.ifname(host, i))
+                    while ipr.get_links(idx)[0].get_attr("IFLA_OPERSTATE") != "UP":
+                        if time.monotonic() > deadline:
+                            raise TopologyError(f"{self.ifname(host, i)} in {self.ns(host)} has no carrier")
+                        time.sleep(0.02)
 
     def down(self) -> None:
         """Remove both namespaces (and with them every veth); safe to call at any time, any number of times."""
