@@ -20,7 +20,6 @@ that was not read, waits for both directions to be acknowledged, and raises the 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import select
 import threading
@@ -29,21 +28,11 @@ from contextlib import contextmanager
 
 from . import transport as transports
 from .errors import SctpbondError, UsageError
-from .proto.scheduler import SchedulerConfig
-from .proto.session import SessionConfig
-from .runtime.endpoints import Endpoint
-from .runtime.options import Options
-from .runtime.runner import RunnerConfig
+from .runtime.endpoints import Endpoint, grow_pipe
+from .runtime.options import Options, make_options
 
 DEFAULT_PORT = 7300
 MiB = 1 << 20
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)  # fewer, larger reads for the pumps
-    except OSError:
-        pass
 
 
 class _PipeEndpoint(Endpoint):
@@ -67,7 +56,7 @@ class Stream:
         self._write_fd: int | None = self._to_session_w
         os.set_blocking(self._to_session_w, False)
         for fd in (self._to_session_w, sink):
-            _grow_pipe(fd)
+            grow_pipe(fd)  # fewer, larger reads for the pumps
         self._lock = threading.Lock()
         self._ended = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,13 +154,8 @@ def options(*, key: bytes | str | None = None, encrypt: bool = True, window: int
             chunk: int = MiB, dead_after: float = 1.0, path_timeout: float = 30.0,
             limit_rate: float | None = None) -> Options:
     """Session settings, as the command line's options (sizes in bytes, rate in bytes/s)."""
-    if not 64 * 1024 <= chunk <= MiB or window < 4 * chunk:
-        raise UsageError("chunk must be 64 KiB..1 MiB and window at least 4 chunks")
-    session = SessionConfig(window=window, send_cap=window, max_chunk=chunk, dead_after=dead_after,
-                            scheduler=SchedulerConfig(max_chunk=chunk, max_quota=max(chunk, window // 2)))
-    runner = RunnerConfig(path_timeout=path_timeout, limit_rate=limit_rate)
-    raw_key = key.encode() if isinstance(key, str) else key
-    return Options(key=raw_key, encrypt=encrypt, session=session, runner=runner)
+    return make_options(window=window, chunk=chunk, dead_after=dead_after, path_timeout=path_timeout,
+                        limit_rate=limit_rate, key=key.encode() if isinstance(key, str) else key, encrypt=encrypt)
 
 
 @contextmanager

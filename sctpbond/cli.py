@@ -19,10 +19,8 @@ import click
 
 from . import __version__
 from .errors import SctpbondError, UsageError
-from .proto.scheduler import SchedulerConfig
-from .proto.session import SessionConfig
-from .runtime.options import Options
-from .runtime.runner import RunnerConfig
+from .runtime.endpoints import grow_pipe
+from .runtime.options import Options, make_options
 from .transport import TRANSPORTS
 from .units import parse_rate, parse_size
 
@@ -156,19 +154,10 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _options(shared: Shared) -> Options:
-    win = parse_size(shared.window, "--window")
-    ch = parse_size(shared.chunk, "--chunk")
-    if not 64 * 1024 <= ch <= 1 << 20:
-        raise UsageError("--chunk must be between 64K and 1M")
-    if win < 4 * ch:
-        raise UsageError("--window must be at least 4 chunks")
-    if shared.path_timeout <= 0 or shared.dead_after <= 0:
-        raise UsageError("--path-timeout and --dead-after must be positive")
     rate = parse_rate(shared.limit_rate, "--limit-rate") if shared.limit_rate else None
-    session = SessionConfig(window=win, send_cap=win, max_chunk=ch, dead_after=shared.dead_after,
-                            scheduler=SchedulerConfig(max_chunk=ch, max_quota=max(ch, win // 2)))
-    runner = RunnerConfig(path_timeout=shared.path_timeout, limit_rate=rate)
-    return Options(key=_read_key(shared.key_file), encrypt=not shared.no_encrypt, session=session, runner=runner)
+    return make_options(window=parse_size(shared.window, "--window"), chunk=parse_size(shared.chunk, "--chunk"),
+                        dead_after=shared.dead_after, path_timeout=shared.path_timeout, limit_rate=rate,
+                        key=_read_key(shared.key_file), encrypt=not shared.no_encrypt)
 
 
 def _with_progress(opts: Options, shared: Shared, source_fd: int | None) -> Options:
@@ -194,7 +183,7 @@ def _stdin_fd(no_stdin: bool, input_file: str | None) -> tuple[int | None, Calla
         return fd, lambda: os.close(fd)
     if no_stdin or os.isatty(0):
         return None, lambda: None
-    _grow_pipe(0)
+    grow_pipe(0)
     return 0, lambda: None
 
 
@@ -223,18 +212,6 @@ def _finish_on_hangup(grace: float = 5.0) -> None:
         timer.start()
 
     signal.signal(signal.SIGHUP, on_hangup)
-
-
-def _grow_pipe(fd: int) -> None:
-    """A 64 KiB pipe makes many small reads; ask for 1 MiB (best effort, Linux only)."""
-    import fcntl
-    import stat
-
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass
 
 
 def _write_stats(path: str | None, stats: dict) -> None:
@@ -292,6 +269,7 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
     With --keep-open, serve sessions until interrupted, each into --relay HOST:PORT, --exec CMD or its own -o file.
     """
     from . import transport as transports
+    from .routes import is_loopback, preload
     from .runtime import endpoints
     from .runtime.server import Served, Server
 
@@ -329,13 +307,11 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
     names = transports.resolve(shared.transport)
     listeners = transports.make_listeners(names, binds or ["0.0.0.0"], port)
     if not binds and "tcp" in names:
-        from .routes import preload
-
         # The first WELCOME advertises our addresses, which a wildcard TCP socket cannot list: import pyroute2
         # while nobody waits (an SCTP socket lists them itself; pyroute2 would only cost CPU during the transfer).
         preload()
     LOG.info(f"listening on port {port} ({', '.join(names)})" + (" for many sessions" if keep_open else ""))
-    if opts.key is None and not all(_is_loopback(b) for b in binds or ["0.0.0.0"]):
+    if opts.key is None and not all(is_loopback(b) or b == "localhost" for b in binds or ["0.0.0.0"]):
         LOG.warning(f"notice: no key, so anyone who can reach port {port} on {', '.join(binds) or 'any address'} "
                     "can start a session and nothing is encrypted (set --key-file or SCTPBOND_KEY)")
 
@@ -361,15 +337,6 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
     if not keep_open:
         _write_stats(shared.stats_json, stats)
         _summary(stats)
-
-
-def _is_loopback(addr: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return addr == "localhost"
 
 
 def _per_session(pattern: str, served: Any) -> str:

@@ -185,16 +185,21 @@ class Session:
         """The application wrote out nbytes of what read() gave: slide the window and acknowledge."""
         self.reorder.consume(nbytes)
         self._note_unacked(nbytes, now)
-        if self.recv_done and self.digest_ok is None:
-            self._verify_digest()
         if self.recv_done:
-            self._ack_due.update(p.id for p in self.alive_paths)  # the closing ACK goes everywhere
-            self._wake |= Wake.SEND | Wake.STATE
+            self._finish_receiving()
         elif self._unacked_rx >= self.config.ack_bytes or self.reorder.unconsumed == 0:
             self._request_ack()
 
+    def _finish_receiving(self) -> None:
+        """The peer's whole stream went to the application (FIN seen, everything consumed): check its digest once,
+        and send the closing ACK on every path."""
+        if self.digest_ok is None:
+            self._verify_digest()
+        self._ack_due.update(p.id for p in self.alive_paths)
+        self._wake |= Wake.SEND | Wake.STATE
+
     def _verify_digest(self) -> None:
-        """All of the peer's stream went to the application: compare what it sent with what we handed out."""
+        """Compare what the peer says it sent with what we handed out."""
         ours = self.rx_digest.digest()
         self.digest_ok = not self.peer_digest or ours == self.peer_digest
         if not self.digest_ok:
@@ -284,10 +289,8 @@ class Session:
             raise RemoteProtocolError("FIN announces less data than already arrived")
         self.peer_fin, self.peer_digest = fin.total, fin.digest
         self._request_ack()
-        if self.recv_done and self.digest_ok is None:
-            self._verify_digest()
         if self.recv_done:
-            self._ack_due.update(p.id for p in self.alive_paths)
+            self._finish_receiving()
         self._wake |= Wake.STATE | Wake.READ
 
     def next_frame(self, pid: int, now: float) -> Frame | None:

@@ -10,7 +10,6 @@ bounded by our own caps (window and send buffer); the allocator only stops retur
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -18,8 +17,8 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 def tune_allocator() -> bool:
     """Serve frame-sized buffers from the heap and keep freed ones for reuse. True if glibc took it."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The process's own symbols include libc's: no find_library(), which runs ldconfig (~30 ms at start-up).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     ok = mallopt(M_MMAP_THRESHOLD, 8 << 20) == 1

@@ -14,11 +14,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import RemoteProtocolError, SctpbondError, SessionAborted, TransferFailed, TransportError
 from ..proto.frames import AbortCode, Data, decode, data_prefix, encode
 from ..proto.session import Session, Wake
 from ..transport.base import Channel
+
+if TYPE_CHECKING:
+    from .progress import ProgressDisplay
 
 LOG = logging.getLogger("sctpbond")
 
@@ -296,7 +300,7 @@ class SessionRunner:
             return {"acked": s.sendbuf.acked, "written": s.sendbuf.written, "received": s.reorder.consumed,
                     "paths": paths}
 
-    def _start_progress(self) -> object | None:
+    def _start_progress(self) -> ProgressDisplay | None:
         if not self.config.progress:
             return None
         from .progress import ProgressDisplay
@@ -327,13 +331,18 @@ class SessionRunner:
         if self.session.failure is not None:
             raise self.session.failure
 
+    def _join(self, names: tuple[str, ...], timeout: float) -> bool:
+        """Wait, at most `timeout` in all, for our threads whose names start with one of `names`; True if none of
+        them is left running."""
+        deadline = time.monotonic() + timeout
+        threads = [t for t in list(self._threads) if t.name.startswith(names)]
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
     def join_pumps(self, timeout: float) -> bool:
         """After run(): wait for the threads using source_fd/sink_fd to end; True if none is left."""
-        deadline = time.monotonic() + timeout
-        pumps = [t for t in self._threads if t.name in ("input", "output")]
-        for t in pumps:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in pumps)
+        return self._join(("input", "output"), timeout)
 
     def _shutdown(self) -> None:
         """Let the senders flush (closing ACKs, ABORT) and shut down writes; after a success also wait for the
@@ -344,11 +353,7 @@ class SessionRunner:
                 cond.notify_all()
             channels = dict(self.channels)
             success = self.session.failure is None
-        deadline = time.monotonic() + self.config.close_timeout
-        wait_for = ("send-", "recv-") if success else ("send-",)
-        for t in list(self._threads):
-            if t.name.startswith(wait_for):
-                t.join(max(0.0, deadline - time.monotonic()))
+        self._join(("send-", "recv-") if success else ("send-",), self.config.close_timeout)
         self._stop.set()
         for pid, channel in channels.items():  # last transport state, while the sockets still exist
             self._final_info[pid] = channel.info()
