@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,3 +154,46 @@ def assert_ok(res: Result, tmp: Path, to_listener: Path | None = None, to_client
         assert res.client.stats["bytes_acked"] == to_listener.stat().st_size
     if to_client is not None:
         assert sha256_file(tmp / "out_c") == sha256_file(to_client)
+
+
+def wait_for_bytes(path: Path, size: int, proc, timeout: float = 90.0) -> None:
+    """Until the receiver has written `size` bytes: faults are injected while data is flowing, however long the
+    emulated CPU takes to start two Python processes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and path.stat().st_size >= size:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {size} bytes (client rc {proc.poll()})")
+
+
+class GrowthSampler:
+    """(time, size) of a file a receiver writes, every `every` s, in a thread: a rate over the middle of a transfer
+    leaves out process start-up and path joins at one end and the last chunks' drain at the other."""
+
+    def __init__(self, path: Path, every: float = 0.05) -> None:
+        self.path, self.every = path, every
+        self.samples: list[tuple[float, int]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, *_ignored) -> None:  # usable as transfer(during=...)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            self.samples.append((time.monotonic(), size))
+            time.sleep(self.every)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def mbit_between(self, lo: int, hi: int) -> float:
+        """Mbit/s from the first sample at or above `lo` bytes to the last one at or below `hi` bytes."""
+        first = next((t, n) for t, n in self.samples if n >= lo)
+        last = next((t, n) for t, n in reversed(self.samples) if n <= hi)
+        if last[0] <= first[0]:
+            raise AssertionError(f"no samples between {lo} and {hi} bytes: {self.samples}")
+        return (last[1] - first[1]) * 8 / (last[0] - first[0]) / 1e6

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import assert_ok, random_file, transfer
+from .harness import GrowthSampler, assert_ok, random_file, transfer
 
 pytestmark = pytest.mark.netns
 
@@ -25,9 +25,14 @@ def _links_used(side, net) -> dict[int, int]:
 
 def test_one_address_uses_all_four_links_at_their_sum(netns_topology, tmp_path, record_property):
     net = netns_topology("4x200")
-    up = random_file(tmp_path / "up", 256 * MiB)
-    res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"],
-                   listen_args=["-t", "tcp"], addrs=[net.addr("b", 0)])
+    size = 256 * MiB
+    up = random_file(tmp_path / "up", size)
+    sampler = GrowthSampler(tmp_path / "out_l")
+    try:
+        res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"],
+                       listen_args=["-t", "tcp"], addrs=[net.addr("b", 0)], during=sampler.start)
+    finally:
+        sampler.stop()
     assert_ok(res, tmp_path, up, None)
     for side in (res.client, res.listener):
         assert len(side.stats["paths"]) == 4, side.stats["paths"]
@@ -36,10 +41,13 @@ def test_one_address_uses_all_four_links_at_their_sum(netns_topology, tmp_path, 
     sent = res.client.path_bytes("bytes_sent")
     assert all(b > 0 for b in sent), sent
     assert sent == res.listener.path_bytes("bytes_received")
-    # throughput over the listener's session (first handshake to the end), as `sctpbond bench` measures it
+    # the rate while all four paths carry data (10 % to 90 % of the stream written out): that the paths add up is
+    # the claim here; start-up and drain are `sctpbond bench`'s business (its figures are in docs/benchmarks.md)
     total = sum(link.rate_mbit for link in net.topo.links)
-    mbit = res.listener.stats["bytes_received"] * 8 / res.listener.stats["elapsed_s"] / 1e6
+    mbit = sampler.mbit_between(size // 10, size * 9 // 10)
     record_property("mbit_s", round(mbit, 1))
+    record_property("session_mbit_s",
+                    round(res.listener.stats["bytes_received"] * 8 / res.listener.stats["elapsed_s"] / 1e6, 1))
     record_property("wall_mbit_s", round(up.stat().st_size * 8 / res.elapsed / 1e6, 1))
     record_property("per_path_mbyte", [round(b / MiB, 1) for b in sent])
     assert mbit >= 0.85 * total, f"{mbit:.0f} Mbit/s < 0.85 x {total:g}; paths {res.client.stats['paths']}"
