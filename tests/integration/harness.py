@@ -174,26 +174,27 @@ class GrowthSampler:
     def __init__(self, path: Path, every: float = 0.05) -> None:
         self.path, self.every = path, every
         self.samples: list[tuple[float, int]] = []
-        self._stop = False
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self, *_ignored) -> None:  # usable as transfer(during=...)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop:
-            size = self.path.stat().st_size if self.path.exists() else 0
-            self.samples.append((time.monotonic(), size))
-            time.sleep(self.every)
+        while True:
+            self.samples.append((time.monotonic(), self.path.stat().st_size if self.path.exists() else 0))
+            if self._stopped.wait(self.every):
+                return
 
     def stop(self) -> None:
-        self._stop = True
-        self._thread.join()
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def mbit_between(self, lo: int, hi: int) -> float:
         """Mbit/s from the first sample at or above `lo` bytes to the last one at or below `hi` bytes."""
-        first = next((t, n) for t, n in self.samples if n >= lo)
-        last = next((t, n) for t, n in reversed(self.samples) if n <= hi)
-        if last[0] <= first[0]:
+        first = next(((t, n) for t, n in self.samples if n >= lo), None)
+        last = next(((t, n) for t, n in reversed(self.samples) if n <= hi), None)
+        if first is None or last is None or last[0] <= first[0]:
             raise AssertionError(f"no samples between {lo} and {hi} bytes: {self.samples}")
         return (last[1] - first[1]) * 8 / (last[0] - first[0]) / 1e6
