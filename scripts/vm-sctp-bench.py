@@ -14,19 +14,6 @@ def iperf_sctp(net, i, secs=5):
     srv.wait(20)
     return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
 
-def iperf_sctp_parallel(net, n, secs=5):
-    """n `iperf3 --sctp` at once, one per link: what the VM's kernel SCTP can carry over all links together."""
-    srvs = [net.popen("b", ["iperf3", "-s", "-1", "-p", str(5301 + i)], stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL) for i in range(n)]
-    time.sleep(1.0)
-    clis = [net.popen("a", ["iperf3", "--sctp", "-c", net.addr("b", i), "-p", str(5301 + i), "-J", "-t", str(secs)],
-                      stdout=subprocess.PIPE, text=True) for i in range(n)]
-    rates = [json.loads(c.communicate(timeout=60)[0])["end"]["sum_received"]["bits_per_second"] / 1e6 for c in clis]
-    for s in srvs:
-        s.wait(20)
-    return rates
-
-
 def bond(net, n, size, extra=()):
     lst = net.popen("b", SB + ["listen", "-t", "sctp", "-N", "-o", "/dev/null", "--stats-json", "/tmp/vl.json"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(200):
@@ -49,9 +36,6 @@ with Network(load("2x20"), prefix="vb") as net:
 with Network(load("4x20"), prefix="vb4") as net:
     rates = [iperf_sctp(net, i) for i in range(4)]
     out["iperf3_sctp_4x20_link_mbit_s"] = [round(r, 2) for r in rates]
-    together = iperf_sctp_parallel(net, 4)
-    out["iperf3_sctp_4x20_parallel_mbit_s"] = [round(r, 2) for r in together]
-    out["iperf3_sctp_4x20_parallel_sum"] = round(sum(together), 2)
     out["sctpbond_sctp_4x20_48MiB"] = bond(net, 4, 48 << 20)
     out["ratio_4x20_vs_sum_iperf3_sctp"] = round(out["sctpbond_sctp_4x20_48MiB"]["session_mbit_s"] / sum(rates), 3)
     # longer: the joins of paths 1-3 and the ramp-up (slow under emulation) weigh less

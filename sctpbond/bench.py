@@ -11,6 +11,8 @@ One invocation builds the topology (unique namespace prefix, always torn down), 
 * ``mptcp``       kernel MPTCP, one subflow per link (in-kernel path manager, `ip mptcp endpoint ... subflow`
                   as the kernel's mptcp selftests do), fed from a pipe like sctpbond.
 * ``sctp-linkI``  plain SCTP (iperf3 --sctp) per link, where the kernel has SCTP.
+* ``sctp-parallel`` (opt-in) one iperf3 --sctp per link, all at once, where the kernel has SCTP: whether the
+                  kernel (in the VM: the emulated CPUs) can carry every link at its rate together.
 * ``sctpbond-T``  `sctpbond listen` in host b, `sctpbond connect` in host a fed from a pipe, for each transport T.
 
 Every figure is taken by the receiving side of the tool itself (iperf3's receiver; the MPTCP receiver from
@@ -57,7 +59,7 @@ IPPROTO_MPTCP = 262
 IPERF_PORT = 5201
 BOND_PORT = 7300
 MPTCP_PORT = 7400
-KNOWN_BASELINES = ("tcp", "tcp-parallel", "tcp-pipe", "mptcp", "sctp")
+KNOWN_BASELINES = ("tcp", "tcp-parallel", "tcp-pipe", "mptcp", "sctp", "sctp-parallel")
 DEFAULT_BASELINES = "tcp,mptcp,sctp"
 SCTPBOND = [sys.executable, "-m", "sctpbond"]
 HELPER = [sys.executable, "-m", "sctpbond.bench"]
@@ -441,7 +443,7 @@ class Progress:
 @dataclass
 class RunResult:
     name: str
-    kind: str  # tcp | tcp-parallel | mptcp | sctp | sctpbond
+    kind: str  # tcp | tcp-parallel | mptcp | sctp | sctp-parallel | sctpbond
     rep: int = 0
     transport: str | None = None
     links: list[int] = field(default_factory=list)  # links this run is meant to use
@@ -655,9 +657,9 @@ class Bench:
                    {"sender": client, "receiver": server})
         return res
 
-    def iperf_parallel(self, rep: int) -> RunResult:
-        """One iperf3 TCP flow per link, all at once."""
-        res = RunResult("tcp-parallel", "tcp-parallel", rep, links=list(self.links))
+    def iperf_parallel(self, proto: str, rep: int) -> RunResult:
+        """One iperf3 flow per link, all at once (TCP, or SCTP with proto='sctp')."""
+        res = RunResult(f"{proto}-parallel", f"{proto}-parallel", rep, links=list(self.links))
         cfg = self.cfg
         servers, clients, outs = [], [], []
         try:
@@ -668,13 +670,15 @@ class Bench:
                 self._wait_listening(IPERF_PORT + i, proc=s)
             amount = (["-n", str(max(1, cfg.size // len(self.links)))] if cfg.size is not None
                       else ["-t", f"{cfg.seconds}"])
+            extra = ["--sctp"] if proto == "sctp" else []
             start = self._mark()
             for i in self.links:
                 out = self._tmp(f"iperf3-{i}.json")
                 outs.append(out)
                 with open(out, "wb") as fout:
                     clients.append(self._popen("a", f"iperf3 client {i}", ["iperf3", "-c", self.net.addr("b", i),
-                                                                           "-p", str(IPERF_PORT + i), "-J", *amount],
+                                                                           "-p", str(IPERF_PORT + i), "-J", *amount,
+                                                                           *extra],
                                                stdout=fout))
             series, link_bytes = self._watch(clients + servers, res.name, self.links, start, cfg.size)
         finally:
@@ -846,7 +850,7 @@ def plan(cfg: BenchConfig, n_links: int, host: dict[str, Any]) -> tuple[list[tup
     if "tcp" in cfg.baselines:
         todo += [(f"tcp-link{i}", "iperf_single", (i, "tcp")) for i in links]
     if "tcp-parallel" in cfg.baselines:
-        todo.append(("tcp-parallel", "iperf_parallel", ()))
+        todo.append(("tcp-parallel", "iperf_parallel", ("tcp",)))
     if "tcp-pipe" in cfg.baselines:
         todo.append(("tcp-pipe", "tcp_pipe", ()))
     if "mptcp" in cfg.baselines:
@@ -860,6 +864,12 @@ def plan(cfg: BenchConfig, n_links: int, host: dict[str, Any]) -> tuple[list[tup
             todo += [(f"sctp-link{i}", "iperf_single", (i, "sctp")) for i in links]
         else:
             skipped.append(RunResult("sctp-link*", "sctp", skipped=True,
+                                     notes=["skipped: this kernel has no SCTP (run the bench inside the VM)"]))
+    if "sctp-parallel" in cfg.baselines:
+        if host["kernel_sctp"]:
+            todo.append(("sctp-parallel", "iperf_parallel", ("sctp",)))
+        else:
+            skipped.append(RunResult("sctp-parallel", "sctp-parallel", skipped=True,
                                      notes=["skipped: this kernel has no SCTP (run the bench inside the VM)"]))
     for t in cfg.transports:
         if t == "sctp" and not host["kernel_sctp"]:
@@ -1031,7 +1041,7 @@ def run_bench(cfg: BenchConfig, *, json_out: Path | None = None, plot_out: Path 
     _require_root("sctpbond bench")
     for tool, pkg in (("iperf3", "iperf3"), ("nsenter", "util-linux"), ("ss", "iproute2"), ("ip", "iproute2"),
                       ("nft", "nftables")):
-        if tool == "iperf3" and not ({"tcp", "tcp-parallel", "sctp"} & set(cfg.baselines)):
+        if tool == "iperf3" and not ({"tcp", "tcp-parallel", "sctp", "sctp-parallel"} & set(cfg.baselines)):
             continue
         _need(tool, pkg)
     topo = load(cfg.topology)
