@@ -109,6 +109,12 @@ class Session:
         self._wake |= Wake.SEND
 
     # -- paths ----------------------------------------------------------------------------------------------------
+    def transport_rtt(self, pid: int, seconds: float | None) -> None:
+        """The transport of path pid reports its own round-trip time (None: it has none)."""
+        path = self.paths.get(pid)
+        if path is not None and path.alive and seconds is not None and seconds >= 0:
+            path.net_rtt = seconds
+
     def add_path(self, pid: int, now: float, label: str = "") -> PathState:
         """A connection finished its handshake for this session (first time, or re-joining after a failure)."""
         path = self.paths.get(pid)
@@ -119,6 +125,7 @@ class Session:
         else:  # re-join: counters restart with the new connection on both sides
             path.sent = path.peer_received = path.received = 0
             path.rate = 0.0
+            path.net_rtt = None
             path._sample_t = 0.0
         path.alive, path.last_heard, path.up_since, path.down_at = True, now, now, None
         self._ctrl[pid] = deque()
@@ -436,6 +443,7 @@ class Session:
                 "recv_mbit_s": round(p.received * 8 / elapsed / 1e6, 2),
                 "rate_estimate_mbit_s": round(p.rate * 8 / 1e6, 2),
                 "srtt_ms": None if p.srtt is None else round(p.srtt * 1e3, 2),
+                "net_rtt_ms": None if p.net_rtt is None else round(p.net_rtt * 1e3, 2),
                 "down_reason": p.down_reason or None,
                 "down_at_s": None if p.down_at is None else round(p.down_at - self.started, 3),
             })

@@ -33,6 +33,7 @@ class RunnerConfig:
     peer_gone_grace: float = 2.0  # all paths closed/reset by the peer (not silent): the peer process is gone
     close_timeout: float = 3.0  # after completion, how long to wait for the peer's orderly close
     tick: float = 0.02
+    rtt_poll: float = 0.25  # how often the transports' own RTTs are read (they size the paths' quotas)
     read_block: int = 1 << 20
     limit_rate: float | None = None  # bytes/s this side feeds into the session (--limit-rate), None: no cap
     progress: bool = False  # live progress on stderr (runtime/progress.py)
@@ -254,8 +255,11 @@ class SessionRunner:
 
     def _ticker(self) -> None:
         cfg = self.config
-        polled = time.monotonic()
+        polled = rtt_polled = time.monotonic()
         while not self._stop.wait(cfg.tick):
+            if time.monotonic() - rtt_polled >= cfg.rtt_poll:
+                rtt_polled = time.monotonic()
+                self._poll_rtts()
             if time.monotonic() - polled >= 1.0:  # per-path transport state (SCTP srtt, cwnd, primary) for stats
                 polled = time.monotonic()
                 with self.lock:
@@ -275,6 +279,16 @@ class SessionRunner:
                 channel.abort()
                 if self.on_path_down is not None:
                     self.on_path_down(pid, self.session.paths[pid].down_reason)
+
+    def _poll_rtts(self) -> None:
+        """Hand the core each transport's RTT (read outside the lock: a system call per path)."""
+        with self.lock:
+            live = list(self.channels.items())
+        rtts = [(pid, channel, channel.rtt()) for pid, channel in live]
+        with self.lock:
+            for pid, channel, rtt in rtts:
+                if self.channels.get(pid) is channel:
+                    self.session.transport_rtt(pid, rtt)
 
     def _check_all_down(self, now: float) -> None:
         session = self.session

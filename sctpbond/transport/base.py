@@ -54,6 +54,11 @@ class Channel(abc.ABC):
         """Transport-level details for --stats-json (SCTP: state, srtt, cwnd, rto)."""
         return {}
 
+    def rtt(self) -> float | None:
+        """The transport's own smoothed round-trip time to the peer, in seconds, or None if unknown. Unlike a
+        PING answered through our frames, it excludes whatever waits in our socket's send queue."""
+        return None
+
 
 class ChannelWrapper(Channel):
     """A channel around another one (sealing, test hooks): forwards everything; subclasses override send/recv."""
@@ -86,6 +91,9 @@ class ChannelWrapper(Channel):
 
     def info(self) -> dict:
         return self.inner.info()
+
+    def rtt(self) -> float | None:
+        return self.inner.rtt()
 
 
 class SocketChannel(Channel):

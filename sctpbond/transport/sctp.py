@@ -195,6 +195,13 @@ class SctpChannel(SocketChannel):
     def close(self) -> None:
         self.sk.close()
 
+    def rtt(self) -> float | None:
+        try:
+            srtt_ms = self.sk.get_status().primary.srtt
+        except (OSError, RuntimeError):
+            return None  # association gone
+        return srtt_ms / 1e3 if srtt_ms else None
+
     def info(self) -> dict:
         out: dict = {"out_streams": self.out_streams, "in_streams": self.in_streams,
                      "streams_seen": {str(k): v for k, v in sorted(self.streams_seen.items())}}

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import selectors
 import socket
+import struct
 from collections.abc import Sequence
 
 from ..errors import RemoteProtocolError, TransportError
 from ..proto.frames import HEADER_SIZE, parse_header
 from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
+
+
+_TCPI_RTT = struct.Struct("=I")  # struct tcp_info: tcpi_rtt (microseconds) after 8 bytes of flags and 15 u32s
+_TCPI_RTT_OFFSET = 8 + 15 * 4
 
 
 def _family(addr: str) -> socket.AddressFamily:
@@ -38,6 +43,16 @@ class TcpChannel(SocketChannel):
                 self.sock.sendall(rest)
         except OSError as exc:
             raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
+
+    def rtt(self) -> float | None:
+        try:
+            raw = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        except (OSError, AttributeError):  # closed, or no TCP_INFO (not Linux)
+            return None
+        if len(raw) < _TCPI_RTT_OFFSET + 4:
+            return None
+        usec = _TCPI_RTT.unpack_from(raw, _TCPI_RTT_OFFSET)[0]
+        return usec / 1e6 if usec else None
 
     def _recv_exact(self, view: memoryview) -> bool:
         """Fill `view`; False if the stream ended before the first byte."""

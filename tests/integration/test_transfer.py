@@ -30,6 +30,8 @@ def test_duplex_256MiB_each_way_uses_every_path(netns_topology, tmp_path, topo):
         assert all(b > 0 for b in side.path_bytes("bytes_sent")), side.stats["paths"]
         assert all(b > 0 for b in side.path_bytes("bytes_received")), side.stats["paths"]
         assert sum(side.path_bytes("bytes_sent")) >= sent.stat().st_size
+        # TCP_INFO's RTT reached the core (it sizes the path's quota): the links' queues, well under a second
+        assert all(p["net_rtt_ms"] is not None and 0 < p["net_rtt_ms"] < 1000 for p in side.stats["paths"])
     # what one side sent on a path is what the other received on it
     assert res.client.path_bytes("bytes_sent") == res.listener.path_bytes("bytes_received")
 

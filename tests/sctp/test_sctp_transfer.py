@@ -66,6 +66,8 @@ def test_sctp_duplex_over_every_link(netns_topology, tmp_path, topo):
         paths = _paths(side)
         assert len(paths) == n and all(p["transport"] == "sctp" for p in paths)
         assert all(p["bytes_sent"] > 0 and p["bytes_received"] > 0 for p in paths), paths
+        # each association's own srtt reached the core (it sizes the path's quota): a few ms on these links
+        assert all(p["net_rtt_ms"] is not None and 0 < p["net_rtt_ms"] < 1000 for p in paths), paths
     primaries = {p["transport_info"]["primary"] for p in _paths(res.client)}
     assert len(primaries) == n  # n distinct associations, one on each link
     for i, p in enumerate(_paths(res.client)):

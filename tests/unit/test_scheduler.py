@@ -167,6 +167,23 @@ def test_long_path_quota_covers_two_rtts() -> None:
     assert s.quota(p) == base  # 2 * 10 ms < delay_target
 
 
+def test_transport_rtt_sizes_the_quota_instead_of_pings_that_waited_behind_our_queue() -> None:
+    """A PING queues behind the data already in our socket: on a 20 Mbit/s path holding the initial 1 MiB quota it
+    reads ~0.4 s. Sizing the quota from it doubled the quota and kept that queue standing (measured over SCTP in
+    the VM). The transport's own RTT (SCTP srtt, TCP_INFO) excludes our queue, so it wins when known."""
+    s = Scheduler(SchedulerConfig())
+    p = PathState(0)
+    feed_rate(s, p, 20e6 / 8, 0.5, T0)
+    bare = s.quota(p)
+    Scheduler.on_rtt(p, 0.4)  # the ping that waited behind 1 MiB
+    inflated = s.quota(p)
+    assert inflated > 3 * bare
+    p.net_rtt = 0.007
+    assert s.quota(p) == bare  # 2 x 7 ms is below the delay target
+    p.net_rtt = 0.2  # a long path, as the transport sees it
+    assert s.quota(p) == int(p.rate * 0.4) + s.chunk(p)
+
+
 # -- convergence: a closed loop of grant -> link -> per-chunk receive counter -> rate sample ------------------------
 
 

@@ -533,6 +533,18 @@ def test_ping_is_answered_and_measures_rtt() -> None:
     assert a.paths[0].min_rtt == pytest.approx(0.02)
 
 
+def test_transport_rtt_reaches_the_path_and_is_forgotten_on_rejoin() -> None:
+    a, _ = pair()
+    a.transport_rtt(0, 0.007)
+    assert a.paths[0].net_rtt == 0.007
+    a.transport_rtt(0, None)  # a transport that cannot tell keeps the last value
+    a.transport_rtt(9, 0.5)  # no such path: ignored
+    assert a.paths[0].net_rtt == 0.007 and 9 not in a.paths
+    a.fail_path(0, "test", 11.0)
+    a.add_path(0, 12.0)  # a re-join: a new connection, maybe over another route
+    assert a.paths[0].net_rtt is None
+
+
 def test_too_many_paths() -> None:
     cfg = SessionConfig(max_paths=2)
     s = Session(cfg, peer_window=1 << 20, peer_max_chunk=1 << 16, now=0.0)
