@@ -33,6 +33,7 @@ class PathState:
     srtt: float | None = None
     net_rtt: float | None = None  # the transport's own RTT (SCTP srtt, TCP_INFO): the network, not our queue
     last_heard: float = 0.0  # when any frame last arrived on this path
+    last_sent: float = 0.0  # when we last put a frame on this path
     up_since: float = 0.0
     down_at: float | None = None
     down_reason: str = ""

@@ -92,8 +92,10 @@ class SessionRunner:
         if wake & Wake.WRITE:
             self._cond_write.notify_all()
         if wake & Wake.SEND:
-            for cond in self._send_conds.values():
-                cond.notify()
+            pids = self.session.take_send_wakes()
+            for pid, cond in self._send_conds.items():
+                if pids is None or pid in pids:
+                    cond.notify()
 
     @property
     def finished(self) -> bool:

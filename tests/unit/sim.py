@@ -7,7 +7,7 @@ runtime sends with sendmsg), everything else via `frames.encode`; the receiving 
 `frames.decode` (message links, SCTP-like) or a `FrameReader` fed random splits (stream links, TCP-like).
 
 The drive loop mirrors sctpbond.runtime.runner: a path's sender calls `next_frame(pid, now)` while its link
-accepts; when it gets None it waits for a `Wake.SEND` from `take_wake()` (or, like the runner's
+accepts; when it gets None it waits for a `Wake.SEND` from `take_wake()` addressed to it (`take_send_wakes()`), or, like the runner's
 `cond.wait(0.25)`, a fallback timeout: a frame found by the fallback is counted as a lost wakeup). The
 application moves data every step; `handle_timer(now)` runs every `tick`. The clock jumps to the next thing
 that can happen (arrival, tick, link writable, scheduled event), so a run costs per frame, not per millisecond.
@@ -298,8 +298,10 @@ class Sim:
     def _take_wakes(self) -> None:
         for d, s in self.sender_of.items():
             if s.take_wake() & Wake.SEND:
+                woken = s.take_send_wakes()  # only these senders wake, as in the runner
                 for pid in self.pids:
-                    self.waiting[d, pid] = None
+                    if woken is None or pid in woken:
+                        self.waiting[d, pid] = None
 
     def _deliver(self, now: float) -> None:
         due: list[tuple[float, int, str, int, bytes, bool]] = []

@@ -464,6 +464,31 @@ def test_wakes() -> None:
     assert a.take_wake() & Wake.WRITE  # space came back
 
 
+def test_send_wakes_go_to_the_paths_concerned() -> None:
+    """A Wake.SEND names the senders it is for: waking all of them for every ACK cost a slow CPU dearly."""
+    a, b = pair(paths=(0, 1, 2, 3))
+    for s in (a, b):
+        s.take_wake()
+        s.take_send_wakes()
+    a.write(bytes(64 * K))
+    assert a.take_wake() & Wake.SEND and a.take_send_wakes() == {0, 1, 2, 3}  # every path has room
+    sent = {pid: [] for pid in (0, 1)}
+    for pid in sent:  # paths 0 and 1 fill their quotas
+        while (frame := a.next_frame(pid, 10.0)) is not None:
+            sent[pid].append(frame)
+    a.take_wake()
+    a.take_send_wakes()
+    a.write(bytes(0))  # more data (none here) wakes only the paths with room: 2 and 3
+    assert a.take_send_wakes() == {2, 3}
+    for frame in sent[1][:4]:  # ack_bytes of DATA on path 1: the receiver's ACK is due there, and only there
+        b.receive(1, frame, 10.01)
+    assert b.take_wake() & Wake.SEND and b.take_send_wakes() == {1}
+    ack = b.next_frame(1, 10.01)
+    assert isinstance(ack, Ack)
+    a.receive(1, ack, 10.02)  # room on path 1 only: path 0 is still at its quota
+    assert a.take_wake() & Wake.SEND and a.take_send_wakes() == {1}
+
+
 def test_close_send_puts_fin_on_every_path_and_completes() -> None:
     a, b = pair(paths=(0, 1, 2))
     a.write(b"abc")
@@ -543,6 +568,35 @@ def test_transport_rtt_reaches_the_path_and_is_forgotten_on_rejoin() -> None:
     a.fail_path(0, "test", 11.0)
     a.add_path(0, 12.0)  # a re-join: a new connection, maybe over another route
     assert a.paths[0].net_rtt is None
+
+
+def test_a_busy_path_pings_only_to_refresh_its_rtt() -> None:
+    """A path that keeps sending is heard by the peer anyway: it pings every rtt_probe_interval, a quiet one every
+    ping_interval (the peer's silence detection must hear from it)."""
+    cfg = small_config(window=1 << 20)
+    cfg = SessionConfig(**{**cfg.__dict__, "scheduler": SchedulerConfig(initial_quota=1 << 20, max_chunk=2 * K)})
+
+    def pings_in(seconds: float, busy: bool) -> int:
+        """Pings from a on its one path in `seconds`; a's peer b answers everything at once."""
+        a, b = pair(cfg, paths=(0,))
+        if busy:
+            a.write(bytes(512 * K))
+        pings, t = 0, 10.0
+        while t < 10.0 + seconds:
+            t += 0.01
+            a.handle_timer(t)
+            b.handle_timer(t)
+            while (frame := a.next_frame(0, t)) is not None:  # busy: one DATA frame every 10 ms
+                pings += isinstance(frame, Ping)
+                b.receive(0, frame, t)
+                if isinstance(frame, Data):
+                    break
+            while (frame := b.next_frame(0, t)) is not None:
+                a.receive(0, frame, t)
+        return pings
+
+    assert pings_in(1.5, busy=False) >= 10  # about every ping_interval (0.05 s), when no PONG went out instead
+    assert 1 <= pings_in(1.5, busy=True) <= 2
 
 
 def test_too_many_paths() -> None:
