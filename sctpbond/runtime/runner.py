@@ -257,17 +257,14 @@ class SessionRunner:
 
     def _ticker(self) -> None:
         cfg = self.config
-        polled = rtt_polled = time.monotonic()
+        rtt_polled = info_polled = time.monotonic()
         while not self._stop.wait(cfg.tick):
             if time.monotonic() - rtt_polled >= cfg.rtt_poll:
                 rtt_polled = time.monotonic()
-                self._poll_rtts()
-            if time.monotonic() - polled >= 1.0:  # per-path transport state (SCTP srtt, cwnd, primary) for stats
-                polled = time.monotonic()
-                with self.lock:
-                    live = list(self.channels.values())
-                for channel in live:
-                    channel.info()
+                refresh_info = rtt_polled - info_polled >= 1.0
+                if refresh_info:
+                    info_polled = rtt_polled
+                self._poll_transports(refresh_info)
             down: list[tuple[int, Channel]] = []
             with self.lock:
                 now = self.clock()
@@ -282,11 +279,15 @@ class SessionRunner:
                 if self.on_path_down is not None:
                     self.on_path_down(pid, self.session.paths[pid].down_reason)
 
-    def _poll_rtts(self) -> None:
-        """Hand the core each transport's RTT (read outside the lock: a system call per path)."""
+    def _poll_transports(self, refresh_info: bool) -> None:
+        """Hand the core each transport's RTT and, with `refresh_info`, refresh the transport state kept for the
+        stats (SCTP srtt, cwnd, primary). Both are read outside the lock: system calls per path."""
         with self.lock:
             live = list(self.channels.items())
         rtts = [(pid, channel, channel.rtt()) for pid, channel in live]
+        if refresh_info:
+            for _, channel in live:
+                channel.info()
         with self.lock:
             for pid, channel, rtt in rtts:
                 if self.channels.get(pid) is channel:

@@ -46,10 +46,10 @@ class TcpChannel(SocketChannel):
 
     def rtt(self) -> float | None:
         try:
-            raw = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+            raw = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_RTT_OFFSET + _TCPI_RTT.size)
         except (OSError, AttributeError):  # closed, or no TCP_INFO (not Linux)
             return None
-        if len(raw) < _TCPI_RTT_OFFSET + 4:
+        if len(raw) < _TCPI_RTT_OFFSET + _TCPI_RTT.size:
             return None
         usec = _TCPI_RTT.unpack_from(raw, _TCPI_RTT_OFFSET)[0]
         return usec / 1e6 if usec else None
