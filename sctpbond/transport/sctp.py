@@ -10,31 +10,42 @@ pysctp (RFC 6458 API) sets associations up: bindx, init parameters, primary addr
 status. The data path uses the standard socket module: `sendmsg` with an SCTP_SNDINFO ancillary record picks the
 stream (control frames on stream 0, DATA striped over the others) without copying the payload, and `recvmsg_into`
 with SCTP_RECVRCVINFO enabled reports the stream each message really arrived on (without it every message looks
-as if it came on stream 0). One frame is one SCTP message.
+as if it came on stream 0). One frame is one SCTP message, received straight into its own buffer (the frame
+header is peeked first for its length), so no byte is copied in user space.
+
+Association status is read with getsockopt through ctypes, which releases the GIL: the kernel takes the socket
+lock for it, and a sendmsg of a large message holds that lock for milliseconds on a slow CPU. pysctp's
+get_status (and the socket module's getsockopt) keep the GIL meanwhile, which stalled every thread of the
+process (measured in the emulated VM: 11 % of the sender's time).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import itertools
+import os
 import socket
 import struct
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sctp as pysctp  # pysctp
 
 from ..errors import ConnectError, RemoteProtocolError, TransportError
-from ..proto.frames import MAX_FRAME, parse_header
+from ..proto.frames import HEADER_SIZE, MAX_FRAME, parse_header
 from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
 
 SOL_SCTP = 132
 SCTP_RTOINFO = 0
 SCTP_INITMSG = 2
 SCTP_NODELAY = 3
+SCTP_STATUS = 14
 SCTP_RECVRCVINFO = 32
+SCTP_GET_PEER_ADDRS = 108
 SCTP_EVENT = 127
 SCTP_SNDINFO = 2  # cmsg types
 SCTP_RCVINFO = 3
@@ -50,6 +61,11 @@ PADDRPARAMS = struct.Struct("=i128sIHIIIIBx")  # assoc_id, addr, hbinterval, pat
 SCTP_PEER_ADDR_PARAMS = 9  # ipv6_flowlabel, dscp (the kernel's packed struct sctp_paddrparams)
 SPP_HB_ENABLE = 1
 NOTIF_HEAD = struct.Struct("=HHI")  # sn_type, sn_flags, sn_length
+STATUS = struct.Struct("=iiIHHHHI")  # struct sctp_status: assoc_id, state, rwnd, unackdata, penddata, instrms,
+PADDRINFO = struct.Struct("=i128siIIII")  # outstrms, frag point; then the primary's packed struct sctp_paddrinfo:
+GETADDRS = struct.Struct("=iI")  # assoc_id, sockaddr_storage, state, cwnd, srtt, rto, mtu. sctp_getaddrs: id, count
+_STATUS_SIZE = STATUS.size + PADDRINFO.size  # 176
+_SOCKADDR_LEN = {socket.AF_INET: 16, socket.AF_INET6: 28}
 
 # RFC 6458 notification types (Linux values)
 ASSOC_CHANGE, PEER_ADDR_CHANGE, SEND_FAILED, REMOTE_ERROR, SHUTDOWN_EVENT = 0x8001, 0x8002, 0x8003, 0x8004, 0x8005
@@ -110,6 +126,71 @@ def _tune_paths(raw: socket.socket) -> None:
         pass  # best effort: the defaults still fail over, only later
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+
+
+def _getsockopt(fd: int, option: int, size: int) -> bytes:
+    """getsockopt(SOL_SCTP, option) with the GIL released (a ctypes call): see the module docstring."""
+    buf = ctypes.create_string_buffer(size)
+    length = ctypes.c_uint32(size)
+    if _libc.getsockopt(fd, SOL_SCTP, option, buf, ctypes.byref(length)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[: length.value]
+
+
+def _sockaddr(raw: bytes | memoryview) -> tuple[str, int] | None:
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, bytes(raw[4:8])), struct.unpack_from("!H", raw, 2)[0]
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, bytes(raw[8:24])), struct.unpack_from("!H", raw, 2)[0]
+    return None
+
+
+@dataclass(frozen=True)
+class AssocStatus:
+    """SCTP_STATUS of a one-to-one socket's association, with its primary path."""
+
+    state: int
+    rwnd: int
+    unacked_chunks: int
+    pending_chunks: int
+    in_streams: int
+    out_streams: int
+    primary: tuple[str, int] | None
+    primary_state: int
+    cwnd: int
+    srtt_ms: int
+    rto_ms: int
+    mtu: int
+
+
+def assoc_status(fd: int) -> AssocStatus:
+    raw = _getsockopt(fd, SCTP_STATUS, _STATUS_SIZE)
+    _aid, state, rwnd, unacked, pending, instrms, outstrms, _frag = STATUS.unpack_from(raw)
+    _paid, addr, pstate, cwnd, srtt, rto, mtu = PADDRINFO.unpack_from(raw, STATUS.size)
+    return AssocStatus(state, rwnd, unacked, pending, instrms, outstrms, _sockaddr(addr), pstate, cwnd, srtt, rto,
+                       mtu)
+
+
+def peer_addresses(fd: int, most: int = 64) -> list[tuple[str, int]]:
+    """The association's peer addresses (SCTP_GET_PEER_ADDRS; the kernel packs them by their own size)."""
+    raw = memoryview(_getsockopt(fd, SCTP_GET_PEER_ADDRS, GETADDRS.size + most * _SOCKADDR_LEN[socket.AF_INET6]))
+    _aid, count = GETADDRS.unpack_from(raw)
+    out, off = [], GETADDRS.size
+    for _ in range(count):
+        size = _SOCKADDR_LEN.get(struct.unpack_from("=H", raw, off)[0])
+        if size is None or off + size > len(raw):
+            break
+        addr = _sockaddr(raw[off : off + size])
+        if addr is not None:
+            out.append(addr)
+        off += size
+    return out
+
+
 class SctpChannel(SocketChannel):
     transport = "sctp"
 
@@ -118,12 +199,11 @@ class SctpChannel(SocketChannel):
         self.sock: socket.socket = sk.sock()
         self.local = self.sock.getsockname()[:2]
         self.remote = self.sock.getpeername()[:2]
-        status = sk.get_status()
-        self.out_streams = max(1, status.outstrms)
-        self.in_streams = status.instrms
+        status = assoc_status(self.sock.fileno())
+        self.out_streams = max(1, status.out_streams)
+        self.in_streams = status.in_streams
         self._data_streams = itertools.cycle(range(1, self.out_streams) if self.out_streams > 1 else [0])
         self._flags = SCTP_UNORDERED if unordered else 0
-        self._buf = bytearray(MAX_FRAME)
         self._cmsg = socket.CMSG_SPACE(RCVINFO.size)
         self.streams_seen: Counter[int] = Counter()
         self.events: list[str] = []
@@ -141,34 +221,54 @@ class SctpChannel(SocketChannel):
             raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
 
     def recv(self) -> memoryview | None:
-        view = memoryview(self._buf)
         while True:
-            got = 0
-            while True:  # one SCTP message, possibly delivered in pieces (partial delivery)
-                try:
-                    n, anc, flags, _ = self.sock.recvmsg_into([view[got:]], self._cmsg)
-                except OSError as exc:
-                    if exc.errno == errno.ECONNRESET:
-                        raise TransportError(f"{self.label}: association aborted by the peer") from None
-                    raise TransportError(f"receive on {self.label} failed: {exc.strerror or exc}") from None
-                if n == 0 and not flags:
-                    if got:
-                        raise TransportError(f"{self.label} closed in the middle of a message")
-                    return None
-                got += n
-                if flags & socket.MSG_EOR:
-                    break
-                if got >= len(view):
-                    raise RemoteProtocolError(f"SCTP message over {len(view)} bytes on {self.label}")
+            message = self._recv_message()
+            if message is None:
+                return None
+            data, anc, flags = message
             if flags & MSG_NOTIFICATION:
-                self._notification(view[:got])
+                self._notification(memoryview(data))
                 continue
             for level, kind, raw in anc:
                 if level == SOL_SCTP and kind == SCTP_RCVINFO:
                     self.streams_seen[RCVINFO.unpack_from(raw)[0]] += 1
-            frame = view[:got]
-            parse_header(frame[:8])  # validate before copying
-            return memoryview(bytes(frame))  # the receive buffer is reused: the frame needs its own bytes
+            return memoryview(data)
+
+    def _recv_message(self) -> tuple[bytes, list, int] | None:
+        """One whole SCTP message as (bytes, ancillary data, flags); None when the peer closed. The frame header is
+        peeked first, so garbage is refused before anything is allocated and the message is received into a
+        buffer of its exact size. A message the kernel hands over in pieces (partial delivery) is joined."""
+        head, _, flags = self._recvmsg(HEADER_SIZE, 0, socket.MSG_PEEK)
+        if not head and not flags:
+            return None
+        size = MAX_FRAME
+        if len(head) == HEADER_SIZE and not flags & MSG_NOTIFICATION:
+            size = HEADER_SIZE + parse_header(head)[1]
+        pieces: list[bytes] = []
+        ancillary: list = []
+        got = 0
+        while True:
+            data, anc, flags = self._recvmsg(size - got, self._cmsg)
+            if not data and not flags:
+                raise TransportError(f"{self.label} closed in the middle of a message")
+            pieces.append(data)
+            ancillary += anc
+            got += len(data)
+            if flags & socket.MSG_EOR:
+                break
+            if got >= size:
+                raise RemoteProtocolError(f"SCTP message longer than the {size} bytes its header announced "
+                                          f"on {self.label}")
+        return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), ancillary, flags
+
+    def _recvmsg(self, size: int, ancsize: int, flags: int = 0) -> tuple[bytes, list, int]:
+        try:
+            data, anc, msg_flags, _ = self.sock.recvmsg(size, ancsize, flags)
+        except OSError as exc:
+            if exc.errno == errno.ECONNRESET:
+                raise TransportError(f"{self.label}: association aborted by the peer") from None
+            raise TransportError(f"receive on {self.label} failed: {exc.strerror or exc}") from None
+        return data, anc, msg_flags
 
     def _notification(self, raw: memoryview) -> None:
         kind, _flags, _length = NOTIF_HEAD.unpack_from(raw)
@@ -197,8 +297,8 @@ class SctpChannel(SocketChannel):
 
     def rtt(self) -> float | None:
         try:
-            srtt_ms = self.sk.get_status().primary.srtt
-        except (OSError, RuntimeError):
+            srtt_ms = assoc_status(self.sock.fileno()).srtt_ms
+        except OSError:
             return None  # association gone
         return srtt_ms / 1e3 if srtt_ms else None
 
@@ -208,13 +308,13 @@ class SctpChannel(SocketChannel):
         with self._events_lock:
             out["events"] = list(self.events)
         try:
-            st = self.sk.get_status()
-            prim = st.primary
-            self._status = dict(state=st.state, rwnd=st.rwnd, unacked_chunks=st.unackdata,
-                                pending_chunks=st.penddata, primary=str(prim.sockaddr[0]), primary_state=prim.state,
-                                cwnd=prim.cwnd, srtt_ms=prim.srtt, rto_ms=prim.rto, mtu=prim.mtu,
-                                peer_addresses=[str(a[0]) for a in self.sk.getpaddrs()])
-        except (OSError, RuntimeError):
+            fd = self.sock.fileno()
+            st = assoc_status(fd)
+            self._status = dict(state=st.state, rwnd=st.rwnd, unacked_chunks=st.unacked_chunks,
+                                pending_chunks=st.pending_chunks, primary=st.primary[0] if st.primary else None,
+                                primary_state=st.primary_state, cwnd=st.cwnd, srtt_ms=st.srtt_ms, rto_ms=st.rto_ms,
+                                mtu=st.mtu, peer_addresses=[a[0] for a in peer_addresses(fd)])
+        except OSError:
             pass  # association gone (closed or aborted): report its last known state
         out.update(self._status)
         return out

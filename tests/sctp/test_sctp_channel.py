@@ -1,0 +1,108 @@
+"""SctpChannel against the real kernel, over loopback: association status read without pysctp (a GIL-free
+getsockopt), and frames received whole into buffers of their own size, with bad messages refused. Runs where
+the kernel has SCTP (inside the VM on hosts without it)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from sctpbond.errors import RemoteProtocolError
+from sctpbond.proto.frames import HEADER, Data, FrameType, Ping, data_prefix, decode, encode
+from sctpbond.transport import sctp_support
+
+pytestmark = pytest.mark.sctp
+if not sctp_support()[0]:
+    pytestmark = [pytest.mark.sctp, pytest.mark.skip(reason="kernel without SCTP: run via tests/vm/run.sh")]
+else:
+    from sctpbond.transport import sctp
+
+
+@pytest.fixture
+def pair():
+    """(client channel, server channel) of one loopback association."""
+    listener = sctp.SctpListener(["127.0.0.1"], 0)
+    port = listener.addresses()[0][1]
+    accepted = []
+    t = threading.Thread(target=lambda: accepted.append(listener.accept(10)))
+    t.start()
+    client = sctp.connect(("127.0.0.1", port), timeout=10)
+    t.join(15)
+    server = accepted[0]
+    assert server is not None
+    server.set_timeout(10)
+    yield client, server
+    client.close()
+    server.close()
+    listener.close()
+
+
+def test_status_matches_pysctp(pair):
+    client, _server = pair
+    client.send((encode(Ping(1)),))  # some traffic, so srtt and cwnd are set
+    _server.recv()
+    ours = sctp.assoc_status(client.sock.fileno())
+    theirs = client.sk.get_status()
+    assert (ours.state, ours.in_streams, ours.out_streams) == (theirs.state, theirs.instrms, theirs.outstrms)
+    assert ours.out_streams == sctp.DEFAULT_STREAMS
+    assert ours.primary == tuple(theirs.primary.sockaddr[:2])
+    assert (ours.primary_state, ours.mtu, ours.rto_ms) == (theirs.primary.state, theirs.primary.mtu,
+                                                          theirs.primary.rto)
+    assert ours.cwnd > 0 and ours.rwnd > 0
+    assert sctp.peer_addresses(client.sock.fileno()) == [tuple(a[:2]) for a in client.sk.getpaddrs()]
+    assert client.rtt() is None or 0 < client.rtt() < 1
+    info = client.info()
+    assert info["primary"] == "127.0.0.1" and info["peer_addresses"] == ["127.0.0.1"]
+
+
+def test_status_of_a_closed_channel_is_an_oserror_not_a_crash(pair):
+    client, _server = pair
+    client.close()
+    with pytest.raises(OSError):
+        sctp.assoc_status(client.sock.fileno())
+    assert client.rtt() is None
+    assert client.info()["out_streams"] == sctp.DEFAULT_STREAMS  # last known state
+
+
+@pytest.mark.parametrize("size", [1, 64 * 1024, 1 << 20])
+def test_a_data_frame_arrives_whole_in_a_buffer_of_its_own_size(pair, size):
+    client, server = pair
+    payload = os.urandom(size)
+    client.send((data_prefix(12345, size), payload), data=True)
+    view = server.recv()
+    assert isinstance(view.obj, bytes) and len(view.obj) == len(view) == 16 + size  # no oversized buffer kept
+    frame = decode(view)
+    assert frame == Data(12345, payload)
+    assert sum(server.streams_seen.values()) == 1 and 0 not in server.streams_seen  # a DATA stream, not 0
+
+
+def test_garbage_header_is_refused_before_the_message_is_read(pair):
+    client, server = pair
+    client.sock.sendmsg([b"\xff" * 64])
+    with pytest.raises(RemoteProtocolError, match="unknown frame type"):
+        server.recv()
+
+
+def test_message_longer_than_its_header_is_refused(pair):
+    client, server = pair
+    client.sock.sendmsg([HEADER.pack(FrameType.PING, 0, 0, 8) + bytes(8) + b"trailing junk"])
+    with pytest.raises(RemoteProtocolError, match="longer than"):
+        server.recv()
+
+
+def test_message_shorter_than_a_header_reaches_the_decoder_which_refuses_it(pair):
+    client, server = pair
+    client.sock.sendmsg([b"\x01\x00"])
+    with pytest.raises(RemoteProtocolError, match="truncated"):
+        decode(server.recv())
+
+
+def test_peer_close_ends_the_stream(pair):
+    client, server = pair
+    client.send((encode(Ping(7)),))
+    client.sock.shutdown(socket.SHUT_WR)
+    assert decode(server.recv()) == Ping(7)
+    assert server.recv() is None
