@@ -88,3 +88,21 @@ def test_demo_2x200_64M_hashes_match():
     assert "sha256 match" in proc.stdout
     assert "one TCP connection:" in proc.stdout
     _no_namespace_left(pid)
+
+
+def test_link_counters_read_host_a_veths_from_procfs(netns_topology):
+    from sctpbond.bench import Counters
+
+    net = netns_topology("4x20")
+    counters = Counters(net, "a", [net.ifname("a", i) for i in range(net.n_links)])
+    try:
+        before = counters.read()
+        ping = net.run("a", ["ping", "-c", "3", "-i", "0.2", "-s", "1000", net.addr("b", 2)], capture_output=True)
+        assert ping.returncode == 0, ping.stderr
+        after = counters.read()
+    finally:
+        counters.close()
+    grew = [b - a for a, b in zip(before, after)]
+    assert grew[2] >= 3 * 1028  # three ICMP echo requests of 1000 bytes of payload left on link 2
+    assert all(g < 1000 for i, g in enumerate(grew) if i != 2), grew  # the other links stayed quiet
+    assert counters._holder.poll() is not None  # the process parked in host a is gone
