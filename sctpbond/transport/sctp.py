@@ -6,10 +6,10 @@ the kernel can move it to another link if its own dies, with its primary set to 
 in normal operation each link carries its own association. Striping across associations is done above, by the
 sans-IO core.
 
-pysctp (RFC 6458 API) sets associations up: bindx, init parameters, primary address, heartbeat and RTO tuning,
-status. The data path uses the standard socket module: `sendmsg` with an SCTP_SNDINFO ancillary record picks the
-stream (control frames on stream 0, DATA striped over the others) without copying the payload, and `recvmsg_into`
-with SCTP_RECVRCVINFO enabled reports the stream each message really arrived on (without it every message looks
+pysctp (RFC 6458 API) sets associations up: bindx, connect, primary address. The data path uses the standard
+socket module: `sendmsg` with an SCTP_SNDINFO ancillary record picks the stream (control frames on stream 0, DATA
+striped over the others) without copying the payload, and `recvmsg` with SCTP_RECVRCVINFO enabled reports the
+stream each message really arrived on (without it every message looks
 as if it came on stream 0). One frame is one SCTP message, received straight into its own buffer (the frame
 header is peeked first for its length), so no byte is copied in user space.
 
@@ -61,9 +61,11 @@ PADDRPARAMS = struct.Struct("=i128sIHIIIIBx")  # assoc_id, addr, hbinterval, pat
 SCTP_PEER_ADDR_PARAMS = 9  # ipv6_flowlabel, dscp (the kernel's packed struct sctp_paddrparams)
 SPP_HB_ENABLE = 1
 NOTIF_HEAD = struct.Struct("=HHI")  # sn_type, sn_flags, sn_length
-STATUS = struct.Struct("=iiIHHHHI")  # struct sctp_status: assoc_id, state, rwnd, unackdata, penddata, instrms,
-PADDRINFO = struct.Struct("=i128siIIII")  # outstrms, frag point; then the primary's packed struct sctp_paddrinfo:
-GETADDRS = struct.Struct("=iI")  # assoc_id, sockaddr_storage, state, cwnd, srtt, rto, mtu. sctp_getaddrs: id, count
+# struct sctp_status: assoc_id, state, rwnd, unackdata, penddata, instrms, outstrms, fragmentation point; then
+# the primary path's struct sctp_paddrinfo (packed): assoc_id, sockaddr_storage, state, cwnd, srtt, rto, mtu.
+STATUS = struct.Struct("=iiIHHHHI")
+PADDRINFO = struct.Struct("=i128siIIII")
+GETADDRS = struct.Struct("=iI")  # struct sctp_getaddrs: assoc_id, address count (the addresses follow)
 _STATUS_SIZE = STATUS.size + PADDRINFO.size  # 176
 _SOCKADDR_LEN = {socket.AF_INET: 16, socket.AF_INET6: 28}
 
