@@ -276,8 +276,8 @@ class SctpChannel(SocketChannel):
         kind, _flags, _length = NOTIF_HEAD.unpack_from(raw)
         text = f"notification {kind:#x}"
         if kind == PEER_ADDR_CHANGE and len(raw) >= 8 + 128 + 8:
-            family = struct.unpack_from("=H", raw, 8)[0]
-            addr = socket.inet_ntoa(bytes(raw[12:16])) if family == socket.AF_INET else "?"
+            peer = _sockaddr(raw[8 : 8 + 128])  # struct sctp_paddr_change: header, then the address
+            addr = peer[0] if peer else "?"
             state = struct.unpack_from("=i", raw, 8 + 128)[0]
             text = f"peer address {addr} {_ADDR_STATES.get(state, state)}"
         elif kind == ASSOC_CHANGE and len(raw) >= 10:
@@ -292,7 +292,6 @@ class SctpChannel(SocketChannel):
         with self._events_lock:
             self.events.append(text)
             del self.events[:-64]  # bounded
-
 
     def close(self) -> None:
         self.sk.close()
