@@ -472,6 +472,7 @@ class Session:
         for p in self.paths.values():
             paths.append({
                 "id": p.id, "label": p.label, "alive": p.alive,
+                "up_at_s": round(p.up_since - self.started, 3),  # when it (last) joined: start-up cost per path
                 "bytes_sent": p.sent, "bytes_received": p.received,
                 "chunks_sent": p.chunks_sent, "chunks_received": p.chunks_received,
                 "resent_chunks": p.resent_chunks,

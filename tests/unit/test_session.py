@@ -570,6 +570,15 @@ def test_transport_rtt_reaches_the_path_and_is_forgotten_on_rejoin() -> None:
     assert a.paths[0].net_rtt is None
 
 
+def test_stats_say_when_each_path_joined_and_when_it_last_rejoined() -> None:
+    a, _ = pair(paths=(0,), now=10.0)
+    a.add_path(1, 10.4)  # joined 0.4 s after the session opened
+    assert [p["up_at_s"] for p in a.stats(11.0)["paths"]] == [0.0, 0.4]
+    a.fail_path(1, "test", 11.0)
+    a.add_path(1, 12.5)
+    assert a.stats(13.0)["paths"][1]["up_at_s"] == 2.5
+
+
 def test_a_busy_path_pings_only_to_refresh_its_rtt() -> None:
     """A path that keeps sending is heard by the peer anyway: it pings every rtt_probe_interval, a quiet one every
     ping_interval (the peer's silence detection must hear from it)."""
