@@ -305,13 +305,11 @@ class Counters:
             return False
 
     def read(self) -> list[int]:
-        found: dict[str, int] = {}
-        for line in os.pread(self._fd, 1 << 16, 0).split(b"\n")[2:]:  # two header lines
-            name, _, fields = line.partition(b":")
-            if fields:
-                found[name.strip().decode()] = int(fields.split()[8])  # 8 receive fields, then tx bytes
+        from .topology import link_counters  # already loaded with the topology: a dictionary lookup
+
+        found = link_counters(os.pread(self._fd, 1 << 16, 0).decode())
         try:
-            return [found[n] for n in self.ifnames]
+            return [found[n][1] for n in self.ifnames]
         except KeyError as exc:
             raise BenchError(f"interface {exc.args[0]} disappeared during the benchmark") from None
 

@@ -507,6 +507,17 @@ class Network:
         return "\n".join(lines)
 
 
+def link_counters(net_dev: str) -> dict[str, tuple[int, int]]:
+    """(rx_bytes, tx_bytes) per interface from the text of a /proc/<pid>/net/dev (that process's namespace)."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in net_dev.splitlines()[2:]:  # two header lines
+        name, _, fields = line.partition(":")
+        if fields:
+            values = fields.split()
+            out[name.strip()] = int(values[0]), int(values[8])  # 8 receive fields, then the transmit ones
+    return out
+
+
 def _remove_ns(name: str) -> bool:
     if not _ns_exists(name):
         return False

@@ -9,9 +9,9 @@ sans-IO core.
 pysctp (RFC 6458 API) sets associations up: bindx, connect, primary address. The data path uses the standard
 socket module: `sendmsg` with an SCTP_SNDINFO ancillary record picks the stream (control frames on stream 0, DATA
 striped over the others) without copying the payload, and `recvmsg` with SCTP_RECVRCVINFO enabled reports the
-stream each message really arrived on (without it every message looks
-as if it came on stream 0). One frame is one SCTP message, received straight into its own buffer (the frame
-header is peeked first for its length), so no byte is copied in user space.
+stream each message really arrived on (without it every message looks as if it came on stream 0). One frame is
+one SCTP message, received straight into its own buffer (the frame header is peeked first for its length), so no
+byte is copied in user space.
 
 Association status is read with getsockopt through ctypes, which releases the GIL: the kernel takes the socket
 lock for it, and a sendmsg of a large message holds that lock for milliseconds on a slow CPU. pysctp's

@@ -41,9 +41,9 @@ def pair():
 
 
 def test_status_matches_pysctp(pair):
-    client, _server = pair
+    client, server = pair
     client.send((encode(Ping(1)),))  # some traffic, so srtt and cwnd are set
-    _server.recv()
+    server.recv()
     ours = sctp.assoc_status(client.sock.fileno())
     theirs = client.sk.get_status()
     assert (ours.state, ours.in_streams, ours.out_streams) == (theirs.state, theirs.instrms, theirs.outstrms)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sctpbond.topology import link_counters
 from sctpbond.transport import sctp_support
 from tests.integration import harness
 from tests.integration.harness import random_file, sha256_file, transfer, wait_for_bytes
@@ -50,11 +51,10 @@ def rx_bytes(net, host: str, i: int, pid: int | None = None) -> int:
         text = Path(f"/proc/{pid}/net/dev").read_text()
     else:
         text = net.run(host, ["cat", "/proc/net/dev"], capture_output=True, text=True, check=True).stdout
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name.strip() == net.ifname(host, i):
-            return int(rest.split()[0])
-    raise AssertionError(f"no {net.ifname(host, i)} in /proc/net/dev of host {host}")
+    counters = link_counters(text)
+    if net.ifname(host, i) not in counters:
+        raise AssertionError(f"no {net.ifname(host, i)} in /proc/net/dev of host {host}")
+    return counters[net.ifname(host, i)][0]
 
 
 def nft_dropped(net, host: str, chain: str) -> int:

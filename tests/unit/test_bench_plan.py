@@ -23,3 +23,18 @@ def test_sctp_baselines_are_skipped_with_a_reason_without_kernel_sctp(baseline: 
     assert todo == []
     assert [r.skipped for r in skipped] == [True]
     assert "no SCTP" in skipped[0].notes[0]
+
+
+def test_link_counters_parse_proc_net_dev() -> None:
+    from sctpbond.topology import link_counters
+
+    text = (
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
+        "carrier compressed\n"
+        "    lo:    1200      12    0    0    0     0          0         0     1200      12    0    0    0     0"
+        "       0          0\n"
+        "sbb1a0: 98765     70    0    0    0     0          0         0 123456789   9000    0    3    0     0"
+        "       0          0\n"
+    )
+    assert link_counters(text) == {"lo": (1200, 1200), "sbb1a0": (98765, 123456789)}
