@@ -310,10 +310,11 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
         # The first WELCOME advertises our addresses, which a wildcard TCP socket cannot list: import pyroute2
         # while nobody waits (an SCTP socket lists them itself; pyroute2 would only cost CPU during the transfer).
         preload()
-    LOG.info(f"listening on port {port} ({', '.join(names)})" + (" for many sessions" if keep_open else ""))
     if opts.key is None and not all(is_loopback(b) or b == "localhost" for b in binds or ["0.0.0.0"]):
         LOG.warning(f"notice: no key, so anyone who can reach port {port} on {', '.join(binds) or 'any address'} "
                     "can start a session and nothing is encrypted (set --key-file or SCTPBOND_KEY)")
+    # last of the start-up lines: whoever waits for it (a script, the tests) has seen all of them
+    LOG.info(f"listening on port {port} ({', '.join(names)})" + (" for many sessions" if keep_open else ""))
 
     def session_end(served: Served) -> None:
         if not keep_open:

@@ -9,11 +9,11 @@ import threading
 import pytest
 
 import sctpbond
-from tests.integration.harness import free_port
+from tests.integration.harness import free_port, wait_port
 
 
 def serve_digest(port: int, result: dict, **settings) -> threading.Thread:
-    """A listener that reads the whole stream and answers with its sha256."""
+    """A listener that reads the whole stream and answers with its sha256; returns once it listens."""
 
     def run() -> None:
         try:
@@ -28,6 +28,7 @@ def serve_digest(port: int, result: dict, **settings) -> threading.Thread:
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
+    wait_port(port)  # a connect before the bind is refused (a loaded CI machine lost this race once)
     return t
 
 

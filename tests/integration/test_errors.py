@@ -11,7 +11,7 @@ import pytest
 
 from sctpbond.transport import sctp_support
 
-from .harness import SCTPBOND, free_port, random_file, sha256_file, wait_port
+from .harness import SCTPBOND, free_port, random_file, sha256_file, wait_for_bytes, wait_port
 
 
 def run(args, timeout=30, **kw) -> subprocess.CompletedProcess:
@@ -205,7 +205,7 @@ def test_peer_killed_mid_transfer_fails_the_other_side(tmp_path):
                                               "-o", "/dev/null"], stdin=feeder.stdout, stderr=subprocess.PIPE,
                                   text=True)
         feeder.stdout.close()
-        time.sleep(1.5)
+        wait_for_bytes(tmp_path / "out", 2 << 20, client)  # mid-stream, however slowly the processes start
         lst.kill()
         lst.wait()
         t0 = time.monotonic()

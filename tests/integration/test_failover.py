@@ -11,7 +11,7 @@ import pytest
 
 from sctpbond.topology import LinkSpec, Topology
 
-from .harness import SCTPBOND, assert_ok as _ok, random_file, stop, transfer, wait_listening
+from .harness import SCTPBOND, assert_ok as _ok, random_file, stop, transfer, wait_for_bytes, wait_listening
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -149,7 +149,7 @@ def test_killed_peer_fails_the_survivor(netns_topology, tmp_path, victim):
                            + [net.addr("b", i) for i in range(4)], stdin=feeder.stdout, stderr=subprocess.PIPE,
                            text=True)
         feeder.stdout.close()
-        time.sleep(2.0)
+        wait_for_bytes(out, 2 * MiB, client)  # mid-stream, however slowly the machine starts the processes
         dead, survivor = (listener, client) if victim == "listener" else (client, listener)
         dead.send_signal(signal.SIGKILL)
         dead.wait()
@@ -180,7 +180,7 @@ def test_all_paths_dead_both_sides_give_up_after_path_timeout(netns_topology, tm
         client = net.popen("a", SCTPBOND + ["connect", "-o", "/dev/null", *args, net.addr("b", 0), net.addr("b", 1)],
                            stdin=feeder.stdout, stderr=subprocess.PIPE, text=True)
         feeder.stdout.close()
-        time.sleep(1.5)
+        wait_for_bytes(out, 2 * MiB, client)
         net.blackhole(0, True)
         net.blackhole(1, True)
         t0 = time.monotonic()

@@ -20,10 +20,12 @@ from tests.integration.harness import (
     PORT,
     SCTPBOND,
     assert_ok,
+    free_port,
     random_file,
     sha256_file,
     stop,
     transfer,
+    wait_for_text,
     wait_listening,
 )
 
@@ -160,12 +162,15 @@ def test_progress_is_drawn_on_a_terminal(netns_topology, tmp_path):
                          ids=["wildcard-no-key", "loopback", "keyed"])
 def test_listener_without_a_key_on_a_reachable_address_says_so(tmp_path, keyfile, args, notice):
     args = [str(keyfile) if a == "KEY" else a for a in args]
-    proc = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-p", "7319", "-N", "-o", "/dev/null",
-                                        *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(2.0)  # it logs at start-up, then waits for a peer
+    log = tmp_path / "listen.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(SCTPBOND + ["listen", "-v", "-t", "tcp", "-p", str(free_port()), "-N",
+                                            "-o", "/dev/null", *args], stdin=subprocess.DEVNULL, stderr=f)
+    try:  # "listening on port" is its last start-up line, so the notice (if any) is written by then
+        err = wait_for_text(log, lambda text: "listening on port" in text, timeout=60)
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+    assert "listening on port" in err, err
     assert ("notice: no key" in err) == notice, err
     assert "Traceback" not in err

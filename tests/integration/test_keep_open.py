@@ -128,10 +128,11 @@ def test_keep_open_files_per_session_and_a_wrong_key_in_between(netns_topology, 
 
 
 def test_max_sessions_refuses_more_and_frees_the_slot(tmp_path):
-    port = free_port()
-    lst = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "--keep-open",
-                                       "--max-sessions", "1", "--exec", "cat"], stdin=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+    port, log = free_port(), tmp_path / "listen.log"
+    with open(log, "w") as lerr:
+        lst = subprocess.Popen(SCTPBOND + ["listen", "-v", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port),
+                                           "--keep-open", "--max-sessions", "1", "--exec", "cat"],
+                               stdin=subprocess.DEVNULL, stderr=lerr)
     feeder = holder = None
     try:
         wait_port(port)
@@ -140,7 +141,8 @@ def test_max_sessions_refuses_more_and_frees_the_slot(tmp_path):
         holder = subprocess.Popen(SCTPBOND + ["connect", "-t", "tcp", "-p", str(port), "127.0.0.1", "-o",
                                               "/dev/null"], stdin=feeder.stdout, stderr=subprocess.PIPE)
         feeder.stdout.close()
-        time.sleep(1.5)
+        text = wait_for_text(log, lambda t: "session 1 started by" in t, 60)  # the slot is taken from here on
+        assert "session 1 started by" in text, text
         busy = _run_client(port, b"hello")
         assert busy.returncode == 1
         assert "limit of 1 sessions" in busy.stderr.decode(), busy.stderr

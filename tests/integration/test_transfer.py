@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from .harness import assert_ok as _check_ok, random_file, transfer
+from .harness import assert_ok as _check_ok, random_file, transfer, wait_for_bytes
 
 pytestmark = pytest.mark.netns
 
@@ -72,7 +70,7 @@ def test_link_down_mid_transfer_resends_on_survivors(netns_topology, tmp_path):
     up = random_file(tmp_path / "up", 192 * MiB)
 
     def cut(net, client, listener):
-        time.sleep(1.0)
+        wait_for_bytes(tmp_path / "out_l", 16 * MiB, client)  # mid-stream on every path, not at a fixed time
         net.set_link(1, False)
 
     res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"], during=cut)
