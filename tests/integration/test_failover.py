@@ -11,7 +11,8 @@ import pytest
 
 from sctpbond.topology import LinkSpec, Topology
 
-from .harness import SCTPBOND, assert_ok as _ok, random_file, stop, transfer, wait_for_bytes, wait_listening
+from .harness import SCTPBOND, random_file, stop, transfer, wait_for_bytes, wait_listening
+from .harness import assert_ok as _ok
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -22,8 +23,11 @@ def _path(side, pid):
     return next(p for p in side.stats["paths"] if p["id"] == pid)
 
 
-def _later(delay, fn, *args):
+def _later(tmp_path, client, delay, fn, *args):
+    """fn(*args) `delay` s after the first 4 MiB arrived: timed from the data, not from a start-up that a loaded
+    machine can stretch past any fixed delay."""
     def run():
+        wait_for_bytes(tmp_path / "out_l", 4 * MiB, client)
         time.sleep(delay)
         fn(*args)
     t = threading.Thread(target=run, daemon=True)
@@ -39,7 +43,7 @@ def up(tmp_path):
 def test_blackhole_is_detected_and_its_data_resent(netns_topology, tmp_path, up):
     net = netns_topology("4x200")
     res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp", "-v"],
-                   during=lambda n, c, l: _later(1.0, n.blackhole, 2, True))
+                   during=lambda net, client, listener: _later(tmp_path, client, 0.3, net.blackhole, 2, True))
     _ok(res, tmp_path, up)
     path = _path(res.client, 2)
     assert not path["alive"] and "no answer" in path["down_reason"], path
@@ -57,7 +61,7 @@ def test_flapping_link(netns_topology, tmp_path, up):
             net.set_link(0, state)
         net.set_link(0, True)
 
-    def during(n, c, l):
+    def during(net, client, listener):
         threading.Thread(target=flap, daemon=True).start()
 
     try:
@@ -91,11 +95,11 @@ def test_one_slow_path_beside_fast_ones(netns_topology, tmp_path, up):
 def test_two_of_four_links_down_at_once(netns_topology, tmp_path, up):
     net = netns_topology("4x200")
 
-    def during(n, c, l):
+    def during(net, client, listener):
         def both():
-            n.set_link(0, False)
-            n.set_link(3, False)
-        _later(1.0, both)
+            net.set_link(0, False)
+            net.set_link(3, False)
+        _later(tmp_path, client, 0.3, both)
 
     res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp"], during=during)
     _ok(res, tmp_path, up)
@@ -106,7 +110,7 @@ def test_path_down_at_start_joins_when_it_comes_up(netns_topology, tmp_path, up)
     net = netns_topology("4x200")
     net.set_link(3, False)
     res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp", "-v"],
-                   during=lambda n, c, l: _later(0.8, n.set_link, 3, True))
+                   during=lambda net, client, listener: _later(tmp_path, client, 0.3, net.set_link, 3, True))
     _ok(res, tmp_path, up)
     path3 = _path(res.client, 3)
     assert path3["alive"] and path3["bytes_sent"] > 0, path3
@@ -117,9 +121,9 @@ def test_link_comes_back_and_rejoins(netns_topology, tmp_path):
     net = netns_topology("2x200")  # 256 MiB at 2 x 200 Mbit/s: ~6 s, time enough to re-join and carry data
     up = random_file(tmp_path / "up", 256 * MiB)
 
-    def during(n, c, l):
-        _later(0.8, n.set_link, 1, False)
-        _later(2.8, n.set_link, 1, True)  # down longer than --dead-after (1.5 s): the path must fail
+    def during(net, client, listener):
+        _later(tmp_path, client, 0.0, net.set_link, 1, False)
+        _later(tmp_path, client, 2.0, net.set_link, 1, True)  # down longer than --dead-after (1.5 s): the path fails
 
     res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=["-t", "tcp", "-v"], during=during)
     _ok(res, tmp_path, up)

@@ -146,9 +146,11 @@ def test_sctp_blackhole_mid_transfer(netns_topology, tmp_path, record_property):
                 dst.write(block)
         fed_all.set()
 
+    def during(net, client, listener):
+        threading.Thread(target=feed, args=(client, listener), daemon=True).start()
+
     res = transfer(net, tmp_path, to_listener=fifo, to_client=None, timeout=150, client_args=SCTP,
-                   listen_args=SCTP, during=lambda n, c, l: threading.Thread(target=feed, args=(c, l),
-                                                                             daemon=True).start())
+                   listen_args=SCTP, during=during)
     done = time.monotonic()
     assert fed_all.is_set() and "t" in at_cut, (at_cut, _stderr(res))
     _ok(res, tmp_path, up)
