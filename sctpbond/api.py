@@ -29,9 +29,8 @@ from contextlib import contextmanager
 from . import transport as transports
 from .errors import SctpbondError, UsageError
 from .runtime.endpoints import Endpoint, grow_pipe
-from .runtime.options import Options, make_options
+from .runtime.options import DEFAULT_PORT, Options, make_options
 
-DEFAULT_PORT = 7300
 MiB = 1 << 20
 
 

@@ -419,7 +419,7 @@ def watch(procs: Sequence[Proc], counters: Counters, *, timeout: float, interval
             cur = counters.read()
             dt = now - prev_t
             if dt > 0:
-                rates = [mbit(c - p, dt) for c, p in zip(cur, prev)]
+                rates = [mbit(c - p, dt) for c, p in zip(cur, prev, strict=True)]
                 series.t.append(now - t0)
                 for i, r in enumerate(rates):
                     series.link_mbit_s[i].append(r)
@@ -442,7 +442,7 @@ def watch(procs: Sequence[Proc], counters: Counters, *, timeout: float, interval
     series.foreign_cores, series.foreign_top = foreign_cores(procs0, proc_cpu_ticks(), time.monotonic() - wall0)
     if total1 > total0:
         series.machine_busy_cores = round((busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1), 2)
-    return series, [c - f for c, f in zip(prev, first)]
+    return series, [c - f for c, f in zip(prev, first, strict=True)]
 
 
 class Progress:
@@ -458,7 +458,7 @@ class Progress:
         if not self.enabled or elapsed < self._next:
             return
         self._next = elapsed + self.every
-        avg = [sum(col) / len(col) for col in zip(*self._acc)]
+        avg = [sum(col) / len(col) for col in zip(*self._acc, strict=True)]
         self._acc.clear()
         links = " ".join(f"{r:6.0f}" for r in avg)
         click.echo(f"  {self.label:<16} {elapsed:6.1f} s {sum(avg):8.1f} Mbit/s   links: {links}", err=self.err)
@@ -515,7 +515,8 @@ class RunResult:
         self.machine_busy_cores = series.machine_busy_cores
         self.foreign_cores, self.foreign_top = series.foreign_cores, series.foreign_top
         if self.foreign_cores is not None and self.foreign_cores >= 0.3:
-            self.notes.append(f"machine shared: others used {self.foreign_cores:.1f} CPUs ({', '.join(self.foreign_top)})")
+            self.notes.append(f"machine shared: others used {self.foreign_cores:.1f} CPUs "
+                              f"({', '.join(self.foreign_top)})")
         walls = [p.wall_s for p in procs.values() if p.wall_s]
         if walls:
             self.own_cores = round(sum(p.cpu_s for p in procs.values()) / max(walls), 2)
@@ -607,23 +608,14 @@ class Bench:
         self._feeders.append(proc)
         return proc
 
-    def _wait_listening(self, port: int, proto: str = "t", timeout: float = 60.0, proc: Proc | None = None) -> None:
-        # Generous: Python starts in ~0.2 s here but takes >10 s under software emulation (the SCTP VM); a
-        # listener that dies is noticed at once through proc.
-        flag = {"t": "-Hltn", "sctp": "-HlnS"}[proto]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                out = self.net.run("b", ["ss", flag, f"sport = :{port}"], capture_output=True, text=True,
-                                   timeout=15).stdout
-            except subprocess.TimeoutExpired:  # a slow (emulated) machine: ask again
-                out = ""
-            if out.strip():
-                return
-            if proc is not None and proc.finished():
+    def _wait_listening(self, port: int, proc: Proc, timeout: float = 60.0) -> None:
+        """Until proc listens on `port` in host b; a listener that dies is noticed at once."""
+        def alive() -> None:
+            if proc.finished():
                 raise BenchError(proc.failure())
-            time.sleep(0.05)
-        raise BenchError(f"nothing listens on port {port} in host b after {timeout:.0f} s")
+
+        if not self.net.wait_listening("b", port, timeout, check=alive):
+            raise BenchError(f"nothing listens on port {port} in host b after {timeout:.0f} s")
 
     def _mark(self) -> tuple[float, list[int]]:
         """Time and counters just before a run's sender starts."""
@@ -691,9 +683,9 @@ class Bench:
         servers, clients, outs = [], [], []
         try:
             for i in self.links:
-                servers.append(self._popen("b", f"iperf3 server {i}", ["iperf3", "-s", "-1", "-p",
-                                                                       str(IPERF_PORT + i), "-B", self.net.addr("b", i)]))
-            for i, s in zip(self.links, servers):
+                servers.append(self._popen("b", f"iperf3 server {i}", ["iperf3", "-s", "-1", "-p", str(IPERF_PORT + i),
+                                                                       "-B", self.net.addr("b", i)]))
+            for i, s in zip(self.links, servers, strict=True):
                 self._wait_listening(IPERF_PORT + i, proc=s)
             amount = (["-n", str(max(1, cfg.size // len(self.links)))] if cfg.size is not None
                       else ["-t", f"{cfg.seconds}"])
@@ -713,7 +705,7 @@ class Bench:
                 s.kill()
         total_bytes, per_flow = 0, []
         seconds = 0.0
-        for i, (c, out) in enumerate(zip(clients, outs)):
+        for i, (c, out) in enumerate(zip(clients, outs, strict=True)):
             data = _iperf_json(out)
             if data.get("error") or c.rc != 0:
                 raise BenchError(f"{res.name}: link {i}: {data.get('error') or c.failure()}")
@@ -726,7 +718,7 @@ class Bench:
         res.finish(total_bytes, seconds, link_bytes, series, procs)
         # Sum of per-flow rates: each flow is timed by its own receiver (with -n they end at different times).
         res.mbit_s = round(sum(per_flow), 2)
-        for i, rate in zip(self.links, per_flow):
+        for i, rate in zip(self.links, per_flow, strict=True):
             res.link_mbit_s[i] = rate
         return res
 
@@ -820,7 +812,7 @@ class Bench:
         feeder = None
         spies: list[Proc] = []
         try:
-            self._wait_listening(BOND_PORT, "sctp" if transport == "sctp" else "t", proc=listener)
+            self._wait_listening(BOND_PORT, proc=listener)
             start = self._mark()
             feeder = self._feeder()
             addrs = [net.addr("b", i) for i in self.links]
@@ -930,7 +922,8 @@ def summarize(runs: list[RunResult], links: list[int]) -> dict[str, Any]:
                 "link_mbit_s": mid.link_mbit_s, "cpu_s_per_gib": statistics.median(
                     [r.cpu_s_per_gib for r in good if r.cpu_s_per_gib is not None] or [0]),
                 "peak_rss_mib": {k: max(r.peak_rss_mib.get(k, 0) for r in good) for k in mid.peak_rss_mib},
-                "notes": list(mid.notes), "median_rep": mid.rep, "machine_busy_cores": mid.machine_busy_cores, "own_cores": mid.own_cores,
+                "notes": list(mid.notes), "median_rep": mid.rep, "machine_busy_cores": mid.machine_busy_cores,
+                "own_cores": mid.own_cores,
                 "foreign_cores": mid.foreign_cores,
             })
             med[name] = mid.mbit_s
@@ -982,9 +975,9 @@ def print_table(summary: dict[str, Any], title: str) -> None:
     except ImportError:
         widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
         click.echo(title)
-        click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+        click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
         for r in body:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
         return
     table = Table(title=title)
     for i, h in enumerate(headers):
@@ -1016,14 +1009,14 @@ def plot(runs: list[RunResult], summary: dict[str, Any], out: Path, title: str) 
     cols = 2 if len(shown) > 1 else 1
     nrows = (len(shown) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(6.4 * cols, 2.6 * nrows + 0.6), squeeze=False)
-    for ax, r in zip(axes.flat, shown):
+    for ax, r in zip(axes.flat, shown, strict=False):
         t = r.series["t"]
         peak = max((max(ys) for ys in r.series["link_mbit_s"] if ys), default=0.0)
         for i, ys in enumerate(r.series["link_mbit_s"]):
             if i in r.links or (ys and max(ys) > 0.02 * peak):  # skip links that carried only ARP and the like
                 ax.plot(t, ys, label=f"link {i}", linewidth=1.1, color=f"C{i % 10}")
         if len(r.links) > 1:
-            total = [sum(v) for v in zip(*r.series["link_mbit_s"])]
+            total = [sum(v) for v in zip(*r.series["link_mbit_s"], strict=True)]
             ax.plot(t, total, label="total", color="black", linewidth=0.9, linestyle="--")
         ax.set_title(f"{r.name}: {r.mbit_s:.0f} Mbit/s", fontsize=10)
         ax.set_xlabel("s")
@@ -1044,7 +1037,7 @@ def plot(runs: list[RunResult], summary: dict[str, Any], out: Path, title: str) 
 
 
 @contextlib.contextmanager
-def bench_session(topo: "Topology", cfg: BenchConfig, what: str) -> Iterator[Bench]:
+def bench_session(topo: Topology, cfg: BenchConfig, what: str) -> Iterator[Bench]:
     """Build the topology and a Bench in a scratch directory; always tear both down (Ctrl-C, SIGTERM too)."""
     from .topology import Network  # pyroute2 is slow to import: only when a topology is built
 
@@ -1212,7 +1205,7 @@ def bench(topology: str, transport: str, size_text: str | None, seconds: float |
     go()
 
 
-# --- helper processes: MPTCP/TCP sender and receiver, data generator -------------------------------------------------------
+# --- helper processes: MPTCP/TCP sender and receiver, data generator ---------------------------------------------
 
 
 def _stream_recv(port: int, proto: int) -> None:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .bench import BOND_PORT
 from .errors import SctpbondError
-
 from .units import parse_size
 
 if TYPE_CHECKING:
@@ -30,11 +30,12 @@ if TYPE_CHECKING:
 SB = [sys.executable, "-m", "sctpbond"]
 
 
-def _single_tcp_mbit(net: "Network", seconds: float = 3.0) -> float:
+def _single_tcp_mbit(net: Network, seconds: float = 3.0) -> float:
     server = net.popen("b", ["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        if not net.wait_listening("b", 5299, check=lambda: _running(server, "iperf3 -s")):
+            raise SctpbondError("iperf3 -s: not listening on port 5299 after 60 s")
         out = net.run("a", ["iperf3", "-c", net.addr("b", 0), "-p", "5299", "-J", "-t", str(seconds)],
                       capture_output=True, text=True, timeout=seconds + 20)
         return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
@@ -55,7 +56,7 @@ def _ideal_seconds(size: int, rate_bps: float, n: int, t_down: float, t_black: f
     return t_black + (size - first - second) / ((n - 2) * per)
 
 
-def _wait_rusage(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
+def _wait_rusage(proc: subprocess.Popen, timeout: float, name: str) -> tuple[int, float]:
     """Exit code and peak RSS (MiB) of a child, via wait4."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,7 +66,16 @@ def _wait_rusage(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
             return proc.returncode, usage.ru_maxrss / 1024
         time.sleep(0.05)
     proc.kill()
-    raise SctpbondError(f"{proc.args[2:4]} did not finish within {timeout:g} s")
+    raise SctpbondError(f"{name} did not finish within {timeout:g} s")
+
+
+def _stderr(proc: subprocess.Popen) -> str:
+    return proc.stderr.read() if proc.stderr is not None else ""
+
+
+def _running(proc: subprocess.Popen, name: str) -> None:
+    if proc.poll() is not None:
+        raise SctpbondError(f"{name} exited with {proc.returncode}: {_stderr(proc).strip()[-300:]}")
 
 
 @click.command("bench-failover")
@@ -94,11 +104,13 @@ def _bench_failover(topology: str, size: str, transport: str, json_out: str | No
         rate = _single_tcp_mbit(net)
         click.echo(f"one TCP connection on link 0: {rate:.1f} Mbit/s")
         lstats, cstats = Path(tmp) / "l.json", Path(tmp) / "c.json"
-        listener = net.popen("b", SB + ["listen", "-t", transport, "-N", "-o", str(dst), "--stats-json", str(lstats)],
+        common = ["-p", str(BOND_PORT), "-t", transport]
+        listener = net.popen("b", SB + ["listen", *common, "-N", "-o", str(dst), "--stats-json", str(lstats)],
                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        if not net.wait_listening("b", BOND_PORT, check=lambda: _running(listener, "sctpbond listen")):
+            raise SctpbondError(f"sctpbond listen: not listening on port {BOND_PORT} after 60 s")
         t0 = time.monotonic()
-        client = net.popen("a", SB + ["connect", "-t", transport, "-v", "-i", str(src), "--stats-json", str(cstats),
+        client = net.popen("a", SB + ["connect", *common, "-v", "-i", str(src), "--stats-json", str(cstats),
                                       "-o", "/dev/null"] + [net.addr("b", i) for i in range(n)],
                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         events = [(1.0, lambda: net.set_link(1, False)), (2.0, lambda: net.blackhole(2, True))]
@@ -109,10 +121,10 @@ def _bench_failover(topology: str, size: str, transport: str, json_out: str | No
                 action()
 
         threading.Thread(target=schedule, daemon=True).start()
-        crc, crss = _wait_rusage(client, 300)
+        crc, crss = _wait_rusage(client, 300, "sctpbond connect")
         elapsed = time.monotonic() - t0
-        lrc, lrss = _wait_rusage(listener, 60)
-        cerr, lerr = client.stderr.read(), listener.stderr.read()
+        lrc, lrss = _wait_rusage(listener, 60, "sctpbond listen")
+        cerr, lerr = _stderr(client), _stderr(listener)
         if crc or lrc:
             raise SctpbondError(f"transfer failed (exit {crc}/{lrc}): {cerr.strip()[-300:]} {lerr.strip()[-300:]}")
         same = subprocess.run(["cmp", "-s", str(src), str(dst)]).returncode == 0

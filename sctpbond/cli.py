@@ -20,11 +20,10 @@ import click
 from . import __version__
 from .errors import SctpbondError, UsageError
 from .runtime.endpoints import grow_pipe
-from .runtime.options import Options, make_options
+from .runtime.options import DEFAULT_PORT, Options, make_options
 from .transport import TRANSPORTS
 from .units import parse_rate, parse_size
 
-DEFAULT_PORT = 7300
 LOG = logging.getLogger("sctpbond")
 
 
@@ -174,6 +173,10 @@ def _with_progress(opts: Options, shared: Shared, source_fd: int | None) -> Opti
     return replace(opts, runner=runner)
 
 
+def _nothing_to_close() -> None:
+    pass
+
+
 def _stdin_fd(no_stdin: bool, input_file: str | None) -> tuple[int | None, Callable[[], None]]:
     if input_file and input_file != "-":
         try:
@@ -182,9 +185,9 @@ def _stdin_fd(no_stdin: bool, input_file: str | None) -> tuple[int | None, Calla
             raise UsageError(f"cannot open input {input_file}: {exc.strerror}") from None
         return fd, lambda: os.close(fd)
     if no_stdin or os.isatty(0):
-        return None, lambda: None
+        return None, _nothing_to_close
     grow_pipe(0)
-    return 0, lambda: None
+    return 0, _nothing_to_close
 
 
 def _stdout_fd(output: str | None) -> tuple[int, Callable[[], None]]:
@@ -194,7 +197,7 @@ def _stdout_fd(output: str | None) -> tuple[int, Callable[[], None]]:
         except OSError as exc:
             raise UsageError(f"cannot open output {output}: {exc.strerror}") from None
         return fd, lambda: os.close(fd)
-    return 1, lambda: None
+    return 1, _nothing_to_close
 
 
 def _finish_on_hangup(grace: float = 5.0) -> None:
@@ -285,7 +288,7 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
         raise UsageError("--keep-open serves several sessions at once, so each needs its own stream: add --relay "
                          "HOST:PORT, --exec CMD, or -o with {n} in the file name (e.g. -o 'recv-{n}.img')")
     src: int | None = None
-    close_src: Callable[[], None] = lambda: None
+    close_src: Callable[[], None] = _nothing_to_close
     if relay is not None:
         from .runtime.client import split_host_port
 
@@ -444,9 +447,9 @@ def topo_show(topology: str | None) -> None:
 
 
 from .bench import bench as _bench_cmd  # noqa: E402
+from .bench_failover import bench_failover as _bench_failover_cmd  # noqa: E402
 from .demo import demo as _demo_cmd  # noqa: E402
 from .doctor import doctor as _doctor_cmd  # noqa: E402
-from .bench_failover import bench_failover as _bench_failover_cmd  # noqa: E402
 
 main.add_command(_bench_cmd)
 main.add_command(_demo_cmd)

@@ -27,11 +27,11 @@ from .bench import (
     BenchError,
     _need,
     _require_root,
+    bench_session,
     kernel_has_sctp,
     mbit,
     pipe_of,
     remove_stale_namespaces,
-    bench_session,
     watch,
 )
 from .errors import TransferFailed, UsageError
@@ -163,7 +163,7 @@ def _bonded(net: Network, bench: Bench, tmp: Path, size: int, transport: str, tc
     consumer.start()
     producer: Producer | None = None
     try:
-        bench._wait_listening(BOND_PORT, "sctp" if transport == "sctp" else "t", proc=listener)
+        bench._wait_listening(BOND_PORT, proc=listener)
         addrs = [net.addr("b", i) for i in range(n)]
         start = bench._mark()
         client = bench._popen("a", "sctpbond connect", SCTPBOND + ["connect", *common, "-o", "/dev/null",
@@ -183,7 +183,7 @@ def _bonded(net: Network, bench: Bench, tmp: Path, size: int, transport: str, tc
             if elapsed < state["next"]:
                 return
             state["next"] = elapsed + 0.5
-            avg = [sum(col) / len(col) for col in zip(*acc)]
+            avg = [sum(col) / len(col) for col in zip(*acc, strict=True)]
             acc.clear()
             pct = 100 * consumer.received / size
             links = " ".join(f"{r:6.0f}" for r in avg)

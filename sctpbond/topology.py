@@ -19,7 +19,7 @@ import re
 import subprocess
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,6 +387,25 @@ class Network:
 
     def run(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         return subprocess.run(self.exec_argv(host, argv), check=kw.pop("check", False), **kw)
+
+    def wait_listening(self, host: str, port: int, timeout: float = 60.0,
+                       check: Callable[[], None] | None = None) -> bool:
+        """Until a TCP, MPTCP or SCTP socket listens on `port` in `host`; False after `timeout` s. Generous by
+        default: Python starts in ~0.2 s here but can take >10 s under software emulation (the SCTP VM) or on a
+        loaded machine. `check` runs between polls and may raise (a listener that died)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                out = self.run(host, ["ss", "-HltSn", f"sport = :{port}"], capture_output=True, text=True,
+                               timeout=15).stdout
+            except subprocess.TimeoutExpired:  # a slow (emulated) machine: ask again
+                out = ""
+            if out.strip():
+                return True
+            if check is not None:
+                check()
+            time.sleep(0.05)
+        return False
 
     # changing links while they carry traffic
 

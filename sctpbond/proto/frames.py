@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Union
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 
@@ -164,7 +163,7 @@ class Abort:
             object.__setattr__(self, "reason", "".join(c if c.isprintable() else "\ufffd" for c in self.reason))
 
 
-Frame = Union[Hello, Welcome, Auth, Ready, Data, Ack, Fin, Ping, Pong, Abort]
+Frame = Hello | Welcome | Auth | Ready | Data | Ack | Fin | Ping | Pong | Abort
 
 # Per-type body length limits (min, max). Checked from the header alone, before the body is read.
 _ACK_MAX = _ACK_HEAD.size + MAX_PATH_COUNTERS * _PATH_COUNTER.size
@@ -349,7 +348,7 @@ def _decode_sealed(body: memoryview) -> Frame:
     raise RemoteProtocolError("encrypted frame on a path without encryption")
 
 
-_DECODERS = {
+_DECODERS: dict[FrameType, Callable[[memoryview], Frame]] = {
     FrameType.HELLO: _decode_hello,
     FrameType.WELCOME: _decode_welcome,
     FrameType.AUTH: lambda b: Auth(bytes(b)),

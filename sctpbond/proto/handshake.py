@@ -118,6 +118,7 @@ class ClientHandshake:
         w = self._welcome
         keys = None
         if self.encrypt:
+            assert self.key is not None  # encrypt is set only with a key
             c2s, s2c = path_keys(self.key, self.nonce, w.nonce, w.token, self.path_id)
             keys = (c2s, s2c)
         self.result = Negotiated(w.token, self.path_id, self.kind, w.window, w.max_chunk, w.addresses, keys)

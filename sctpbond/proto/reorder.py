@@ -62,8 +62,7 @@ class ReorderBuffer:
             self._emit(payload)
             self._drain()
             return True
-        payload = self._store(offset, payload)
-        if payload is None:
+        if self._store(offset, payload) is None:
             self._dup(size)
             return False
         self.stats.peak_buffered = max(self.stats.peak_buffered, self.buffered + self.unconsumed)

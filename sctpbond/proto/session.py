@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from ..errors import IntegrityError, RemoteProtocolError, SessionAborted, SctpbondError
+from ..errors import IntegrityError, RemoteProtocolError, SctpbondError, SessionAborted
 from .frames import MAX_PATH_COUNTERS, Abort, AbortCode, Ack, Data, Fin, Frame, Ping, Pong
 from .reorder import Chunk, ReorderBuffer
 from .scheduler import PathState, Scheduler, SchedulerConfig

@@ -103,7 +103,7 @@ class Client:
     def _open_first(self) -> tuple[int, Channel, Negotiated]:
         errors: list[str] = []
         for transport in self.transport_names:
-            for pid, spec in self.subflows.items():
+            for pid in self.subflows:
                 try:
                     channel, neg = self._dial(pid, HelloKind.NEW, transport)
                 except (AuthError, SessionAborted):

@@ -9,6 +9,8 @@ from ..proto.scheduler import SchedulerConfig
 from ..proto.session import SessionConfig
 from .runner import RunnerConfig
 
+DEFAULT_PORT = 7300  # the listener's port, TCP and SCTP alike
+
 
 @dataclass(frozen=True)
 class Options:

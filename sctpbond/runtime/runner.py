@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import RemoteProtocolError, SctpbondError, SessionAborted, TransferFailed, TransportError
-from ..proto.frames import AbortCode, Data, decode, data_prefix, encode
+from ..proto.frames import AbortCode, Data, data_prefix, decode, encode
 from ..proto.session import Session, Wake
 from ..transport.base import Channel
 

@@ -175,8 +175,8 @@ class Server:
                 raise TransportError("handshake not finished in time")
         except (ProtocolError, SessionAborted, TransportError) as exc:
             deadline.cancel()
-            if expired.is_set():
-                exc = TransportError(f"handshake not finished within {opts.handshake_timeout:g} s")
+            error = TransportError(f"handshake not finished within {opts.handshake_timeout:g} s") \
+                if expired.is_set() else exc
             if claimed_here:
                 self._unclaim()
                 with self._lock:
@@ -186,12 +186,12 @@ class Server:
                 endpoint.stop()
                 endpoint.close(True)
             refusal = hs.reply if isinstance(hs.reply, Abort) else None
-            if claimed_here and isinstance(exc, AuthError):  # a NEW session with a wrong key, or keyed vs. unkeyed
+            if claimed_here and isinstance(error, AuthError):  # a NEW session with a wrong key, or keyed vs. unkeyed
                 why = self._auth_failure(hello, refusal)
                 self._reject(channel, f"authentication failed: {why}", refusal, log=self.keep_open)
                 self._end(AuthError(f"authentication failed with {channel.remote[0]}: {why}; nothing was written"))
                 return
-            self._reject(channel, str(exc), refusal)
+            self._reject(channel, str(error), refusal)
             return
         channel.set_timeout(None)
         self._attach(secure(channel, hs.result.keys), hs.result, endpoint=endpoint, info=info)

@@ -47,8 +47,8 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def set_timeout(self, seconds: float | None) -> None:  # handshakes are bounded; data threads block freely
-        """Bound blocking calls (None: block forever)."""
+    def set_timeout(self, seconds: float | None) -> None:  # noqa: B027 (a default: fakes have nothing to bound)
+        """Bound blocking calls (None: block forever): handshakes are bounded, data threads block freely."""
 
     def info(self) -> dict:
         """Transport-level details for --stats-json (SCTP: state, srtt, cwnd, rto)."""

@@ -37,7 +37,8 @@ import sctp as pysctp  # pysctp
 
 from ..errors import ConnectError, RemoteProtocolError, TransportError
 from ..proto.frames import HEADER_SIZE, MAX_FRAME, parse_header
-from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
+from .base import Buffer, SocketChannel, bind_error, connect_error
+from .base import Listener as ListenerBase  # this module exports its own Listener
 
 SOL_SCTP = 132
 SCTP_RTOINFO = 0
@@ -364,7 +365,7 @@ def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 
         raise
 
 
-class SctpListener(Listener):
+class SctpListener(ListenerBase):
     transport = "sctp"
 
     def __init__(self, binds: Sequence[str], port: int, backlog: int = 128, streams: int = DEFAULT_STREAMS) -> None:
@@ -392,7 +393,7 @@ class SctpListener(Listener):
         self.sk.settimeout(timeout)
         try:
             conn, _ = self.sk.accept()
-        except (TimeoutError, socket.timeout, BlockingIOError, InterruptedError):
+        except (TimeoutError, BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
             if exc.errno in (errno.ECONNABORTED, errno.EAGAIN):
@@ -409,4 +410,4 @@ class SctpListener(Listener):
         self.sk.close()
 
 
-Listener = SctpListener  # type: ignore[misc]
+Listener = SctpListener  # the name transport.load() looks up

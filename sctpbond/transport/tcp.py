@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from ..errors import RemoteProtocolError, TransportError
 from ..proto.frames import HEADER_SIZE, parse_header
-from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
-
+from .base import Buffer, SocketChannel, bind_error, connect_error
+from .base import Listener as ListenerBase  # this module exports its own Listener
 
 _TCPI_RTT = struct.Struct("=I")  # struct tcp_info: tcpi_rtt (microseconds) after 8 bytes of flags and 15 u32s
 _TCPI_RTT_OFFSET = 8 + 15 * 4
@@ -98,7 +98,7 @@ def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 
         raise connect_error(exc, remote, local, timeout) from None
 
 
-class TcpListener(Listener):
+class TcpListener(ListenerBase):
     transport = "tcp"
 
     def __init__(self, binds: Sequence[str], port: int, backlog: int = 128) -> None:
@@ -145,4 +145,4 @@ class TcpListener(Listener):
         for sock in self._socks:
             sock.close()
 
-Listener = TcpListener
+Listener = TcpListener  # the name transport.load() looks up

@@ -37,15 +37,9 @@ def random_file(path: Path, size: int) -> Path:
     return path
 
 
-def wait_listening(net: Network, host: str, port: int, timeout: float = 30.0) -> None:
+def wait_listening(net: Network, host: str, port: int, timeout: float = 60.0) -> None:
     """Until a TCP or SCTP socket listens on `port` in `host` (the VM's emulated CPU starts Python slowly)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = net.run(host, ["ss", "-HltSn", f"sport = :{port}"], capture_output=True, text=True).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port} in host {host} after {timeout} s")
+    assert net.wait_listening(host, port, timeout), f"nothing listens on port {port} in host {host} after {timeout} s"
 
 
 def free_port() -> int:

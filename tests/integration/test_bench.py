@@ -102,7 +102,7 @@ def test_link_counters_read_host_a_veths_from_procfs(netns_topology):
         after = counters.read()
     finally:
         counters.close()
-    grew = [b - a for a, b in zip(before, after)]
+    grew = [b - a for a, b in zip(before, after, strict=True)]
     assert grew[2] >= 3 * 1028  # three ICMP echo requests of 1000 bytes of payload left on link 2
     assert all(g < 1000 for i, g in enumerate(grew) if i != 2), grew  # the other links stayed quiet
     assert counters._holder.poll() is not None  # the process parked in host a is gone

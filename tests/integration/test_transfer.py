@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import assert_ok as _check_ok, random_file, transfer, wait_for_bytes
+from .harness import assert_ok as _check_ok
+from .harness import random_file, transfer, wait_for_bytes
 
 pytestmark = pytest.mark.netns
 

@@ -7,8 +7,9 @@ runtime sends with sendmsg), everything else via `frames.encode`; the receiving 
 `frames.decode` (message links, SCTP-like) or a `FrameReader` fed random splits (stream links, TCP-like).
 
 The drive loop mirrors sctpbond.runtime.runner: a path's sender calls `next_frame(pid, now)` while its link
-accepts; when it gets None it waits for a `Wake.SEND` from `take_wake()` addressed to it (`take_send_wakes()`), or, like the runner's
-`cond.wait(0.25)`, a fallback timeout: a frame found by the fallback is counted as a lost wakeup). The
+accepts; when it gets None it waits for a `Wake.SEND` from `take_wake()` addressed to it (`take_send_wakes()`),
+or, like the runner's `cond.wait(0.25)`, a fallback timeout: a frame found by the fallback is counted as a lost
+wakeup). The
 application moves data every step; `handle_timer(now)` runs every `tick`. The clock jumps to the next thing
 that can happen (arrival, tick, link writable, scheduled event), so a run costs per frame, not per millisecond.
 
@@ -314,7 +315,7 @@ class Sim:
             t, seq, d, pid, wire = heapq.heappop(self.dups)
             due.append((t, seq, d, pid, wire, True))
         due.sort()
-        for t, _, d, pid, wire, is_dup in due:
+        for _t, _, d, pid, wire, is_dup in due:
             link = self.links[d, pid]
             if not link.up or link.blackhole:
                 continue

@@ -129,7 +129,8 @@ CORPUS: list[Frame] = [
 ]
 # The same as wire bytes, plus a SEALED frame (only the AEAD layer makes those; before a keyed handshake has
 # agreed on encryption, one is a protocol error): seq u64 | inner header + 8-byte body, "encrypted" | tag.
-SEALED_WIRE = HEADER.pack(FrameType.SEALED, 0, 0, 8 + 16 + 16) + (7).to_bytes(8, "big") + bytes(range(16)) + b"\x5e" * 16
+SEALED_WIRE = (HEADER.pack(FrameType.SEALED, 0, 0, 8 + 16 + 16) + (7).to_bytes(8, "big") + bytes(range(16))
+               + b"\x5e" * 16)
 CORPUS_WIRES: list[bytes] = [encode(f) for f in CORPUS] + [SEALED_WIRE]
 
 

@@ -706,7 +706,8 @@ def test_a_silent_path_turns_stale_and_its_chunks_go_out_again_elsewhere() -> No
             resent.append(f.offset)
     assert set(sent[1]) <= set(resent)  # path 1's chunks already went out on path 0
     assert not any(isinstance(a.next_frame(1, 10.45), Data) for _ in range(4))  # no new data for a stale path
-    a.receive(1, Pong(int(10.499e6)), 10.5)  # heard again: a false alarm, back to work (duplicates are dropped downstream)
+    # heard again: a false alarm, back to work (duplicates are dropped downstream)
+    a.receive(1, Pong(int(10.499e6)), 10.5)
     assert not a.paths[1].stale and a.paths[1].stale_events == 1
     a.receive(0, Pong(int(11.549e6)), 11.55)
     assert a.handle_timer(11.6) == [1]  # path 1 silent since 10.5: past dead_after, now it is dead
