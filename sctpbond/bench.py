@@ -446,10 +446,11 @@ def watch(procs: Sequence[Proc], counters: Counters, *, timeout: float, interval
 
 
 class Progress:
-    """One line per second on stderr: run name, elapsed, current total and per-link Mbit/s."""
+    """One line per second on stderr: run name, elapsed, current total and per-link Mbit/s (then `suffix()`)."""
 
-    def __init__(self, label: str, every: float = 1.0, enabled: bool = True, err: bool = True) -> None:
-        self.label, self.every, self.enabled, self.err = label, every, enabled, err
+    def __init__(self, label: str, every: float = 1.0, enabled: bool = True, err: bool = True,
+                 suffix: Callable[[], str] | None = None) -> None:
+        self.label, self.every, self.enabled, self.err, self.suffix = label, every, enabled, err, suffix
         self._next = every
         self._acc: list[list[float]] = []
 
@@ -461,7 +462,8 @@ class Progress:
         avg = [sum(col) / len(col) for col in zip(*self._acc, strict=True)]
         self._acc.clear()
         links = " ".join(f"{r:6.0f}" for r in avg)
-        click.echo(f"  {self.label:<16} {elapsed:6.1f} s {sum(avg):8.1f} Mbit/s   links: {links}", err=self.err)
+        more = self.suffix() if self.suffix is not None else ""
+        click.echo(f"  {self.label:<16} {elapsed:6.1f} s {sum(avg):8.1f} Mbit/s   links: {links}{more}", err=self.err)
 
 
 # --- results -------------------------------------------------------------------------------------------------------

@@ -11,37 +11,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from .bench import BOND_PORT
+from .bench import BOND_PORT, SCTPBOND, BenchConfig, bench_session
 from .errors import SctpbondError
 from .units import parse_size
-
-if TYPE_CHECKING:
-    from .topology import Network
-
-SB = [sys.executable, "-m", "sctpbond"]
-
-
-def _single_tcp_mbit(net: Network, seconds: float = 3.0) -> float:
-    server = net.popen("b", ["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-    try:
-        if not net.wait_listening("b", 5299, check=lambda: _running(server, "iperf3 -s")):
-            raise SctpbondError("iperf3 -s: not listening on port 5299 after 60 s")
-        out = net.run("a", ["iperf3", "-c", net.addr("b", 0), "-p", "5299", "-J", "-t", str(seconds)],
-                      capture_output=True, text=True, timeout=seconds + 20)
-        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-    finally:
-        server.kill()
-        server.wait()
 
 
 def _ideal_seconds(size: int, rate_bps: float, n: int, t_down: float, t_black: float) -> float:
@@ -91,26 +69,29 @@ def bench_failover(topology: str, size: str, transport: str, json_out: str | Non
 
 
 def _bench_failover(topology: str, size: str, transport: str, json_out: str | None) -> None:
-    from .topology import Network, load  # pyroute2 is slow to import: only for the commands that need it
+    from .topology import load  # pyroute2 is slow to import: only for the commands that need it
 
     nbytes = parse_size(size)
     topo = load(topology)
     n = len(topo.links)
     if n < 3:
         raise SctpbondError("bench-failover needs at least 3 links")
-    with tempfile.TemporaryDirectory(prefix="sb-failover-") as tmp, Network(topo, prefix=f"sbf{os.getpid()}") as net:
-        src, dst = Path(tmp) / "in", Path(tmp) / "out"
+    cfg = BenchConfig(topology=topology, transports=[transport], baselines=["tcp"], size=None, seconds=3.0,
+                      paths=None, progress=False)
+    with bench_session(topo, cfg, "failover") as bench:
+        net, tmp = bench.net, bench.workdir
+        src, dst = tmp / "in", tmp / "out"
         subprocess.run(["sh", "-c", f"head -c {nbytes} /dev/urandom > {src}"], check=True)
-        rate = _single_tcp_mbit(net)
+        rate = bench.iperf_single(0, "tcp", 0).mbit_s
         click.echo(f"one TCP connection on link 0: {rate:.1f} Mbit/s")
-        lstats, cstats = Path(tmp) / "l.json", Path(tmp) / "c.json"
+        lstats, cstats = tmp / "l.json", tmp / "c.json"
         common = ["-p", str(BOND_PORT), "-t", transport]
-        listener = net.popen("b", SB + ["listen", *common, "-N", "-o", str(dst), "--stats-json", str(lstats)],
+        listener = net.popen("b", SCTPBOND + ["listen", *common, "-N", "-o", str(dst), "--stats-json", str(lstats)],
                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if not net.wait_listening("b", BOND_PORT, check=lambda: _running(listener, "sctpbond listen")):
             raise SctpbondError(f"sctpbond listen: not listening on port {BOND_PORT} after 60 s")
         t0 = time.monotonic()
-        client = net.popen("a", SB + ["connect", *common, "-v", "-i", str(src), "--stats-json", str(cstats),
+        client = net.popen("a", SCTPBOND + ["connect", *common, "-v", "-i", str(src), "--stats-json", str(cstats),
                                       "-o", "/dev/null"] + [net.addr("b", i) for i in range(n)],
                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         events = [(1.0, lambda: net.set_link(1, False)), (2.0, lambda: net.blackhole(2, True))]

@@ -25,6 +25,7 @@ from .bench import (
     Bench,
     BenchConfig,
     BenchError,
+    Progress,
     _need,
     _require_root,
     bench_session,
@@ -175,19 +176,8 @@ def _bonded(net: Network, bench: Bench, tmp: Path, size: int, transport: str, tc
              f"({producer.source.kind}, sha256 on both ends)")
         echo(f"   sctpbond connect {' '.join(addrs)}  (host a)  ->  sctpbond listen  (host b)")
         producer.start()
-        acc: list[list[float]] = []
-        state = {"next": 0.5}
-
-        def progress(elapsed: float, rates: list[float]) -> None:
-            acc.append(rates)
-            if elapsed < state["next"]:
-                return
-            state["next"] = elapsed + 0.5
-            avg = [sum(col) / len(col) for col in zip(*acc, strict=True)]
-            acc.clear()
-            pct = 100 * consumer.received / size
-            links = " ".join(f"{r:6.0f}" for r in avg)
-            echo(f"  sctpbond         {elapsed:6.1f} s {sum(avg):8.1f} Mbit/s   links: {links}   {pct:5.1f} % received")
+        progress = Progress("sctpbond", every=0.5, err=False,
+                            suffix=lambda: f"   {100 * consumer.received / size:5.1f} % received")
 
         timeout = size * 8 / (sum(link.rate_mbit or 1000.0 for link in net.topo.links) * 1e6) * 5 + 60
         watch([client, listener], bench.counters, timeout=timeout, interval=0.1, what="sctpbond transfer",
