@@ -175,8 +175,8 @@ class Server:
                 raise TransportError("handshake not finished in time")
         except (ProtocolError, SessionAborted, TransportError) as exc:
             deadline.cancel()
-            error = TransportError(f"handshake not finished within {opts.handshake_timeout:g} s") \
-                if expired.is_set() else exc
+            error = (TransportError(f"handshake not finished within {opts.handshake_timeout:g} s")
+                     if expired.is_set() else exc)
             if claimed_here:
                 self._unclaim()
                 with self._lock:
