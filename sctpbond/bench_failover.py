@@ -9,7 +9,6 @@ peak RSS of both processes against the configured window.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .bench import BOND_PORT, SCTPBOND, BenchConfig, bench_session
+from .bench import BOND_PORT, SCTPBOND, BenchConfig, Proc, bench_session
 from .errors import SctpbondError
 from .units import parse_size
 
@@ -34,26 +33,12 @@ def _ideal_seconds(size: int, rate_bps: float, n: int, t_down: float, t_black: f
     return t_black + (size - first - second) / ((n - 2) * per)
 
 
-def _wait_rusage(proc: subprocess.Popen, timeout: float, name: str) -> tuple[int, float]:
-    """Exit code and peak RSS (MiB) of a child, via wait4."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_maxrss / 1024
-        time.sleep(0.05)
-    proc.kill()
-    raise SctpbondError(f"{name} did not finish within {timeout:g} s")
-
-
-def _stderr(proc: subprocess.Popen) -> str:
-    return proc.stderr.read() if proc.stderr is not None else ""
-
-
-def _running(proc: subprocess.Popen, name: str) -> None:
-    if proc.poll() is not None:
-        raise SctpbondError(f"{name} exited with {proc.returncode}: {_stderr(proc).strip()[-300:]}")
+def _wait(proc: Proc, timeout: float) -> None:
+    """Until proc exits (Proc reaps it with wait4: exit code, peak RSS); killed after `timeout` s."""
+    proc.wait_dead(timeout)
+    if not proc.finished():
+        proc.kill()
+        raise SctpbondError(f"{proc.name} did not finish within {timeout:g} s")
 
 
 @click.command("bench-failover")
@@ -86,14 +71,13 @@ def _bench_failover(topology: str, size: str, transport: str, json_out: str | No
         click.echo(f"one TCP connection on link 0: {rate:.1f} Mbit/s")
         lstats, cstats = tmp / "l.json", tmp / "c.json"
         common = ["-p", str(BOND_PORT), "-t", transport]
-        listener = net.popen("b", SCTPBOND + ["listen", *common, "-N", "-o", str(dst), "--stats-json", str(lstats)],
-                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if not net.wait_listening("b", BOND_PORT, check=lambda: _running(listener, "sctpbond listen")):
-            raise SctpbondError(f"sctpbond listen: not listening on port {BOND_PORT} after 60 s")
+        listener = bench._popen("b", "sctpbond listen", SCTPBOND + ["listen", *common, "-N", "-o", str(dst),
+                                                                    "--stats-json", str(lstats)])
+        bench._wait_listening(BOND_PORT, proc=listener)
         t0 = time.monotonic()
-        client = net.popen("a", SCTPBOND + ["connect", *common, "-v", "-i", str(src), "--stats-json", str(cstats),
-                                      "-o", "/dev/null"] + [net.addr("b", i) for i in range(n)],
-                           stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        client = bench._popen("a", "sctpbond connect", SCTPBOND + ["connect", *common, "-v", "-i", str(src),
+                                                                   "--stats-json", str(cstats), "-o", "/dev/null"]
+                              + [net.addr("b", i) for i in range(n)])
         events = [(1.0, lambda: net.set_link(1, False)), (2.0, lambda: net.blackhole(2, True))]
 
         def schedule() -> None:
@@ -102,12 +86,12 @@ def _bench_failover(topology: str, size: str, transport: str, json_out: str | No
                 action()
 
         threading.Thread(target=schedule, daemon=True).start()
-        crc, crss = _wait_rusage(client, 300, "sctpbond connect")
+        _wait(client, 300)
         elapsed = time.monotonic() - t0
-        lrc, lrss = _wait_rusage(listener, 60, "sctpbond listen")
-        cerr, lerr = _stderr(client), _stderr(listener)
-        if crc or lrc:
-            raise SctpbondError(f"transfer failed (exit {crc}/{lrc}): {cerr.strip()[-300:]} {lerr.strip()[-300:]}")
+        _wait(listener, 60)
+        for proc in (client, listener):
+            if proc.rc:
+                raise SctpbondError(f"transfer failed: {proc.failure()}")
         same = subprocess.run(["cmp", "-s", str(src), str(dst)]).returncode == 0
         cs = json.loads(cstats.read_text())
         ideal = _ideal_seconds(nbytes, rate * 1e6, n, 1.0, 2.0)
@@ -133,7 +117,8 @@ def _bench_failover(topology: str, size: str, transport: str, json_out: str | No
             else round(black_path["down_at_s"] + startup - 2.0, 3),
             "first_resend_after_blackhole_s": first_resend_after_blackhole,
             "resent_bytes": cs["resent_bytes"],
-            "peak_rss_mib": {"sender": round(crss, 1), "receiver": round(lrss, 1)},
+            "peak_rss_mib": {"sender": round(client.maxrss_kib / 1024, 1),
+                             "receiver": round(listener.maxrss_kib / 1024, 1)},
             "window_mib": 64,
         }
         click.echo(json.dumps(result, indent=2))
