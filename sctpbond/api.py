@@ -2,13 +2,14 @@
 
     import sctpbond
 
-    with sctpbond.connect(["10.0.1.2", "10.0.2.2"], key=b"secret") as stream:
+    KEY = open("key", "rb").read().strip()  # at least 16 bytes: head -c 32 /dev/urandom | base64 > key
+    with sctpbond.connect(["10.0.1.2", "10.0.2.2"], key=KEY) as stream:
         stream.write(b"hello")
         stream.close_write()            # our direction is complete (FIN)
         reply = stream.read()           # everything the listener sends back, until its FIN
     print(stream.stats["send_mbit_s"])
 
-    with sctpbond.listen(port=7300, key=b"secret") as stream:   # waits for one session
+    with sctpbond.listen(port=7300, key=KEY) as stream:   # waits for one session
         data = stream.read()
         stream.write(data.upper())
 

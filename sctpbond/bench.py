@@ -808,6 +808,7 @@ class Bench:
         if keyed:
             keyfile = self._tmp("key")
             keyfile.write_text(os.urandom(32).hex())
+            keyfile.chmod(0o600)  # sctpbond refuses a key file others can read
             common += ["--key-file", str(keyfile)]
         listener = self._popen("b", "sctpbond listen", SCTPBOND + ["listen", *common, "-o", "/dev/null", "-N",
                                                                    "--stats-json", str(lstats)])

@@ -69,15 +69,23 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _read_key(key_file: str | None) -> bytes | None:
+    from .runtime.options import check_key
+
     if key_file:
         try:
+            mode = os.stat(key_file).st_mode
             key = Path(key_file).read_bytes().strip()
         except OSError as exc:
             raise UsageError(f"cannot read key file {key_file}: {exc.strerror}") from None
+        if mode & 0o077:  # as ssh refuses a private key others can read
+            raise UsageError(f"key file {key_file} is readable by group or others: chmod 600 {key_file}")
         if not key:
             raise UsageError(f"key file {key_file} is empty")
+        check_key(key, f"key file {key_file}")
         return key
     env = os.environ.get("SCTPBOND_KEY")
+    if env:
+        check_key(env.encode(), "SCTPBOND_KEY")
     return env.encode() if env else None
 
 
@@ -106,13 +114,16 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--transport", "-t", type=click.Choice(TRANSPORTS), default="auto", show_default=True,
                      help="auto: kernel SCTP where available, otherwise TCP (one connection per path)."),
         click.option("--key-file", type=click.Path(dir_okay=False),
-                     help="Pre-shared key: both ends must use the same one (or set SCTPBOND_KEY). Authenticates "
-                          "both ends with HMAC-SHA256 over fresh nonces and encrypts every frame with AES-256-GCM; "
+                     help="Pre-shared key, at least 16 bytes, mode 600 (make one: head -c 32 /dev/urandom | base64 "
+                          "> key; chmod 600 key): both ends must use the same one (or set SCTPBOND_KEY). "
+                          "Authenticates both ends with HMAC-SHA256 over the whole handshake and encrypts every "
+                          "frame with AES-256-GCM; "
                           "without a key, paths join with a random 128-bit session token (a stranger cannot join your "
                           "session, but anyone who reaches the listener can start one) and nothing is encrypted.",
                      envvar=None),
         click.option("--no-encrypt", is_flag=True,
-                     help="With a key: authenticate but send the stream in clear (trusted links; saves CPU). "
+                     help="With a key: send the stream in clear, every frame still authenticated (GMAC; trusted "
+                          "links, saves CPU). "
                           "A listener without it refuses clients that do not encrypt."),
         click.option("--stats-json", type=click.Path(dir_okay=False),
                      help="Write per-path and total bytes, chunks, resends and throughput here at the end."),
@@ -252,8 +263,8 @@ def main() -> None:
 @click.option("-k", "--keep-open", is_flag=True,
               help="Serve many sessions, several at once, each on its own paths and buffers; one failing (or a "
                    "wrong key) is logged and the listener goes on. Each session needs its own stream: --relay, "
-                   "--exec, or -o with {n} in the name. Without it: one session, then exit; a wrong key then "
-                   "ends the listener with exit 1.")
+                   "--exec, or -o with {n} in the name. Without it: one session, then exit (a wrong key or a "
+                   "malformed handshake is logged and the listener keeps waiting).")
 @click.option("--relay", metavar="HOST:PORT",
               help="Forward each session to this TCP service (e.g. 127.0.0.1:22 for sshd, with `sctpbond connect` "
                    "as ssh ProxyCommand): connected once the peer has authenticated, both directions, half-close "

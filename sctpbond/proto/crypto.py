@@ -1,4 +1,5 @@
-"""AEAD sealing of frames after a keyed handshake (AES-256-GCM, docs/security.md).
+"""AEAD protection of frames after a keyed handshake (AES-256-GCM, docs/security.md): sealed (encrypted, the
+default) or authenticated in clear (`--no-encrypt`: the same GCM tag over the frame as associated data, GMAC).
 
 Each path connection has its own pair of keys (proto.handshake.path_keys), so a frame is sealed by the
 connection that carries it: a chunk resent on another path is a new frame under that path's key and sequence, and
@@ -7,6 +8,7 @@ in the clear because SCTP delivers the data streams unordered, so the receiver c
 rejects a sequence number seen before (replay). The outer header and the sequence number are associated data.
 
     SEALED frame = header(type SEALED, body length) | seq u64 | AES-GCM(inner frame incl. its header) | tag 16
+    AUTHED frame = header(type AUTHED, body length) | seq u64 | inner frame (clear)              | tag 16
 
 Pure computation: no sockets, clocks or threads.
 """
@@ -17,12 +19,23 @@ import struct
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import IntegrityError, LocalProtocolError, RemoteProtocolError
-from .frames import HEADER, HEADER_SIZE, SEAL_SEQ_SIZE, SEAL_TAG_SIZE, FrameType, parse_header
+from .frames import (
+    HEADER,
+    HEADER_SIZE,
+    SEAL_SEQ_SIZE,
+    SEAL_TAG_SIZE,
+    SESSION,
+    Buffer,
+    Expect,
+    FrameType,
+    parse_header,
+    split_frame,
+)
 
-Buffer = bytes | bytearray | memoryview
 _SEQ = struct.Struct("!Q")
 _NONCE_PAD = bytes(4)
 SEAL_OVERHEAD = HEADER_SIZE + SEAL_SEQ_SIZE + SEAL_TAG_SIZE
@@ -30,21 +43,33 @@ REPLAY_WINDOW = 1 << 14  # frames; SCTP's unordered streams reorder far less tha
 
 
 class Sealer:
-    """Seals the frames one side sends on one path connection."""
+    """Seals (encrypt=True) or authenticates (False) the frames one side sends on one path connection."""
 
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes, encrypt: bool = True) -> None:
+        self._key, self._aead = key, AESGCM(key)
+        self.encrypt = encrypt
+        self._kind = FrameType.SEALED if encrypt else FrameType.AUTHED
         self._seq = 0
 
-    def seal(self, parts: Sequence[Buffer]) -> tuple[bytes, bytes]:
-        """The sealed frame for the inner frame made of `parts`, as (header + seq, ciphertext + tag)."""
+    def seal(self, parts: Sequence[Buffer]) -> tuple[Buffer, ...]:
+        """The protected frame for the inner frame made of `parts`, as buffers for one sendmsg."""
         seq = self._seq
         if seq >= 1 << 64:
             raise LocalProtocolError("sequence numbers exhausted on this path")  # 2^64 frames: never in practice
         self._seq = seq + 1
-        plain = parts[0] if len(parts) == 1 else b"".join(parts)
-        head = HEADER.pack(FrameType.SEALED, 0, 0, SEAL_SEQ_SIZE + len(plain) + SEAL_TAG_SIZE) + _SEQ.pack(seq)
-        return head, self._aead.encrypt(_NONCE_PAD + head[HEADER_SIZE:], plain, head)
+        size = sum(len(p) for p in parts)
+        head = HEADER.pack(self._kind, 0, 0, SEAL_SEQ_SIZE + size + SEAL_TAG_SIZE) + _SEQ.pack(seq)
+        nonce = _NONCE_PAD + head[HEADER_SIZE:]
+        if self.encrypt:
+            plain = parts[0] if len(parts) == 1 else b"".join(parts)
+            return head, self._aead.encrypt(nonce, plain, head)
+        # GMAC: the whole frame is associated data, fed part by part so a payload is never copied.
+        tagger = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        tagger.authenticate_additional_data(head)
+        for part in parts:
+            tagger.authenticate_additional_data(part)
+        tagger.finalize()
+        return (head, *parts, tagger.tag)
 
 
 class ReplayWindow:
@@ -72,29 +97,40 @@ class ReplayWindow:
 
 
 class Opener:
-    """Opens the sealed frames one side receives on one path connection."""
+    """Opens the sealed (or authenticated) frames one side receives on one path connection."""
 
-    def __init__(self, key: bytes, window: int = REPLAY_WINDOW) -> None:
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes, window: int = REPLAY_WINDOW, encrypt: bool = True) -> None:
+        self._key, self._aead = key, AESGCM(key)
+        self.encrypt = encrypt
+        self.expect: Expect = frozenset({FrameType.SEALED if encrypt else FrameType.AUTHED})
         self.replay = ReplayWindow(window)
 
-    def open(self, buf: Buffer) -> memoryview:
-        """The inner frame (header included) of one whole sealed frame. Raises RemoteProtocolError for anything
-        that is not a sealed frame, IntegrityError when authentication fails or the frame is a replay."""
+    def open(self, buf: Buffer, expect: Expect = SESSION) -> memoryview:
+        """The inner frame (header included) of one whole protected frame, which must be of a type in `expect`.
+        IntegrityError when the frame is not protected as agreed, fails authentication or is a replay (the path
+        cannot be trusted any more); RemoteProtocolError when an authentic frame is not one we expect."""
+        try:
+            split_frame(buf, self.expect)
+        except RemoteProtocolError as exc:
+            raise IntegrityError(f"a frame not protected as agreed on this path ({exc})") from None
         view = memoryview(buf)
-        if len(view) < HEADER_SIZE:
-            raise RemoteProtocolError(f"truncated frame ({len(view)} bytes)")
-        kind, length = parse_header(view[:HEADER_SIZE])
-        if kind != FrameType.SEALED:
-            raise IntegrityError(f"unencrypted {kind.name} frame on an encrypted path")
-        if len(view) != HEADER_SIZE + length:
-            raise RemoteProtocolError(f"SEALED frame length {length} does not match {len(view) - HEADER_SIZE}")
         head = view[: HEADER_SIZE + SEAL_SEQ_SIZE]
         (seq,) = _SEQ.unpack(head[HEADER_SIZE:])
         self.replay.check(seq)
+        nonce = _NONCE_PAD + bytes(head[HEADER_SIZE:])
         try:
-            plain = self._aead.decrypt(_NONCE_PAD + bytes(head[HEADER_SIZE:]), view[len(head):], bytes(head))
+            if self.encrypt:
+                inner = memoryview(self._aead.decrypt(nonce, view[len(head):], bytes(head)))
+            else:
+                tag = bytes(view[-SEAL_TAG_SIZE:])
+                checker = Cipher(algorithms.AES(self._key), modes.GCM(nonce, tag)).decryptor()
+                checker.authenticate_additional_data(view[:-SEAL_TAG_SIZE])
+                checker.finalize()
+                inner = view[len(head) : -SEAL_TAG_SIZE]
         except InvalidTag:
             raise IntegrityError("a frame failed authentication: altered on the wire, or not from our peer") from None
         self.replay.accept(seq)
-        return memoryview(plain)
+        if len(inner) < HEADER_SIZE:
+            raise RemoteProtocolError(f"protected frame holds {len(inner)} bytes, not a frame")
+        parse_header(inner[:HEADER_SIZE], expect)
+        return inner

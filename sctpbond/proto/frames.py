@@ -1,11 +1,12 @@
-"""Wire codec for sctpbond v1 frames (see docs/wire-format.md).
+"""Wire codec for sctpbond v2 frames (see docs/wire-format.md).
 
 Every frame is an 8-byte header followed by a body:
 
     type u8 | flags u8 | reserved u16 (0) | body length u32        (network byte order)
 
-The length is checked against a per-type maximum *before* anything is allocated, so a peer cannot make us reserve
-memory with a forged length. Over TCP frames are concatenated; over SCTP each frame is one message.
+The type and length are checked against the frames the receiver expects in its phase (`expect`) and a per-type
+maximum *before* anything is allocated, so a peer cannot make us reserve memory with a forged length. Over TCP
+frames are concatenated; over SCTP each frame is one message.
 Pure functions and frozen dataclasses only: no sockets here.
 """
 
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from ..errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"SCTB"
-VERSION = 1
+VERSION = 2
+
+Buffer = bytes | bytearray | memoryview
 
 HEADER = struct.Struct("!BBHI")
 HEADER_SIZE = HEADER.size  # 8
@@ -29,10 +32,15 @@ MAX_PAYLOAD = 1 << 20
 TOKEN_SIZE = 16
 NONCE_SIZE = 16
 MAC_SIZE = 32
-MAX_DIGEST = 64
+DIGEST_SIZE = 16  # XXH3-128 of a whole direction's stream, in FIN
 MAX_REASON = 256
 MAX_ADDRS = 16
 MAX_PATH_COUNTERS = 64
+#: Out-of-order ranges a receiver holds at most; a sender keeps at most this many chunks beyond `delivered`.
+MAX_HELD_RANGES = 4096
+#: Limits on the peer's HELLO/WELCOME parameters: the same as on our own options.
+MIN_CHUNK, MAX_CHUNK = 64 * 1024, MAX_PAYLOAD
+MIN_WINDOW_CHUNKS, MAX_WINDOW = 4, 1 << 32
 
 
 class FrameType(enum.IntEnum):
@@ -47,6 +55,7 @@ class FrameType(enum.IntEnum):
     PONG = 20
     ABORT = 21
     SEALED = 32  # an AEAD-sealed frame (keyed, encrypted sessions; see proto/crypto.py)
+    AUTHED = 33  # a frame in clear with an AEAD tag over it (keyed sessions with --no-encrypt)
 
 
 class HelloKind(enum.IntEnum):
@@ -70,13 +79,13 @@ HELLO_FLAG_KEYED = 0x0001
 HELLO_FLAG_ENCRYPT = 0x0002  # keyed client asks for sealed frames after the handshake
 
 _HELLO = struct.Struct("!4sBBHHH16s16sQI")
-_WELCOME = struct.Struct("!16s16sQI32sB")
+_WELCOME = struct.Struct("!16s16sQIB")
 _ADDR = struct.Struct("!B16s")
 _U64 = struct.Struct("!Q")
 _ACK_HEAD = struct.Struct("!QBB")  # delivered, flags, counter count
 ACK_FLAG_FIN = 0x01
 _PATH_COUNTER = struct.Struct("!HQ")
-_FIN_HEAD = struct.Struct("!QB")
+_FIN = struct.Struct("!Q16s")
 _ABORT_HEAD = struct.Struct("!H")
 DATA_PREFIX = struct.Struct("!BBHIQ")  # header + offset: the whole fixed part of a DATA frame
 DATA_PREFIX_SIZE = DATA_PREFIX.size  # 16
@@ -105,7 +114,6 @@ class Welcome:
     nonce: bytes
     window: int
     max_chunk: int
-    mac: bytes = bytes(MAC_SIZE)  # server's proof of the key; zeros when no key is used
     addresses: tuple[str, ...] = ()  # listener's addresses, advertised for automatic paths
 
 
@@ -116,7 +124,7 @@ class Auth:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    pass
+    mac: bytes = bytes(MAC_SIZE)  # the listener's proof of the key over the transcript; zeros without a key
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +146,7 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Fin:
     total: int  # final length of this direction's stream
-    digest: bytes = b""
+    digest: bytes  # XXH3-128 of the whole stream (DIGEST_SIZE bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +179,10 @@ BODY_LIMITS: dict[FrameType, tuple[int, int]] = {
     FrameType.HELLO: (_HELLO.size, _HELLO.size),
     FrameType.WELCOME: (_WELCOME.size, _WELCOME.size + MAX_ADDRS * _ADDR.size),
     FrameType.AUTH: (MAC_SIZE, MAC_SIZE),
-    FrameType.READY: (0, 0),
+    FrameType.READY: (MAC_SIZE, MAC_SIZE),
     FrameType.DATA: (8 + 1, 8 + MAX_PAYLOAD),
     FrameType.ACK: (_ACK_HEAD.size, _ACK_MAX),
-    FrameType.FIN: (_FIN_HEAD.size, _FIN_HEAD.size + MAX_DIGEST),
+    FrameType.FIN: (_FIN.size, _FIN.size),
     FrameType.PING: (8, 8),
     FrameType.PONG: (8, 8),
     FrameType.ABORT: (_ABORT_HEAD.size, _ABORT_HEAD.size + MAX_REASON),
@@ -182,18 +190,34 @@ BODY_LIMITS: dict[FrameType, tuple[int, int]] = {
 MAX_PLAIN_FRAME = HEADER_SIZE + max(hi for _, hi in BODY_LIMITS.values())
 SEAL_SEQ_SIZE, SEAL_TAG_SIZE = 8, 16
 # SEALED body: sequence number u64 | the inner frame (header included), encrypted | GCM tag.
-BODY_LIMITS[FrameType.SEALED] = (SEAL_SEQ_SIZE + HEADER_SIZE + SEAL_TAG_SIZE,
-                                 SEAL_SEQ_SIZE + MAX_PLAIN_FRAME + SEAL_TAG_SIZE)
+# SEALED and AUTHED bodies: sequence number u64 | the inner frame (header included, encrypted or not) | GCM tag.
+BODY_LIMITS[FrameType.SEALED] = BODY_LIMITS[FrameType.AUTHED] = (SEAL_SEQ_SIZE + HEADER_SIZE + SEAL_TAG_SIZE,
+                                                                 SEAL_SEQ_SIZE + MAX_PLAIN_FRAME + SEAL_TAG_SIZE)
 MAX_FRAME = HEADER_SIZE + BODY_LIMITS[FrameType.SEALED][1]  # the largest frame on the wire
 
+# What each side accepts in each phase (docs/wire-format.md): before READY only the next handshake frame, at
+# its exact length; after it only session frames, and on a keyed path only its sealed or authenticated form.
+Expect = frozenset[FrameType]
+LISTENER_HELLO: Expect = frozenset({FrameType.HELLO})
+LISTENER_AUTH: Expect = frozenset({FrameType.AUTH, FrameType.ABORT})
+DIALLER_WELCOME: Expect = frozenset({FrameType.WELCOME, FrameType.ABORT})
+DIALLER_READY: Expect = frozenset({FrameType.READY, FrameType.ABORT})
+SESSION: Expect = frozenset({FrameType.DATA, FrameType.ACK, FrameType.FIN, FrameType.PING, FrameType.PONG,
+                             FrameType.ABORT})
+ANY: Expect = frozenset(FrameType)
 
-def parse_header(header: bytes | bytearray | memoryview) -> tuple[FrameType, int]:
-    """Validate an 8-byte header; return (type, body length). Raises RemoteProtocolError on anything invalid."""
+
+def parse_header(header: bytes | bytearray | memoryview, expect: Expect = ANY) -> tuple[FrameType, int]:
+    """Validate an 8-byte header against what this phase expects; return (type, body length). Raises
+    RemoteProtocolError on anything else, before the body is read."""
     ftype, flags, reserved, length = HEADER.unpack(header)
     try:
         kind = FrameType(ftype)
     except ValueError:
         raise RemoteProtocolError(f"unknown frame type {ftype}") from None
+    if kind not in expect:
+        wanted = " or ".join(sorted(k.name for k in expect))
+        raise RemoteProtocolError(f"{kind.name} frame where {wanted} was expected")
     if flags or reserved:
         raise RemoteProtocolError(f"{kind.name} frame with non-zero flags/reserved bits")
     lo, hi = BODY_LIMITS[kind]
@@ -211,6 +235,23 @@ def data_prefix(offset: int, payload_len: int) -> bytes:
     if not 0 < payload_len <= MAX_PAYLOAD:
         raise LocalProtocolError(f"DATA payload of {payload_len} bytes")
     return DATA_PREFIX.pack(FrameType.DATA, 0, 0, 8 + payload_len, offset)
+
+
+def encode_parts(frame: Frame) -> tuple[bytes | bytearray | memoryview, ...]:
+    """A frame as the buffers to hand to sendmsg: DATA as (prefix, payload) so the payload is never copied."""
+    if isinstance(frame, Data):
+        return data_prefix(frame.offset, len(frame.payload)), frame.payload
+    return (encode(frame),)
+
+
+def check_params(window: int, max_chunk: int, who: str) -> None:
+    """A peer's window and chunk size must lie within the limits our own options have (docs/wire-format.md):
+    a window of 0 or a 1-byte chunk would wedge or crawl a session."""
+    if not MIN_CHUNK <= max_chunk <= MAX_CHUNK:
+        raise RemoteProtocolError(f"{who} asks for a max chunk of {max_chunk} bytes (allowed {MIN_CHUNK}..{MAX_CHUNK})")
+    if not MIN_WINDOW_CHUNKS * max_chunk <= window <= MAX_WINDOW:
+        raise RemoteProtocolError(f"{who} advertises a window of {window} bytes (allowed "
+                                  f"{MIN_WINDOW_CHUNKS * max_chunk}..{MAX_WINDOW} for its chunk of {max_chunk})")
 
 
 def _pack_addr(addr: str) -> bytes:
@@ -244,10 +285,9 @@ def encode(frame: Frame) -> bytes:
             )
             return _header(FrameType.ACK, len(body)) + body
         case Fin(total, digest):
-            if len(digest) > MAX_DIGEST:
-                raise LocalProtocolError("FIN digest too long")
-            body = _FIN_HEAD.pack(total, len(digest)) + digest
-            return _header(FrameType.FIN, len(body)) + body
+            if len(digest) != DIGEST_SIZE:
+                raise LocalProtocolError(f"FIN digest of {len(digest)} bytes (must be {DIGEST_SIZE})")
+            return _header(FrameType.FIN, _FIN.size) + _FIN.pack(total, digest)
         case Ping(opaque):
             return _header(FrameType.PING, 8) + _U64.pack(opaque)
         case Pong(opaque):
@@ -266,25 +306,31 @@ def encode(frame: Frame) -> bytes:
             if len(frame.addresses) > MAX_ADDRS:
                 raise LocalProtocolError("too many addresses in WELCOME")
             body = _WELCOME.pack(
-                frame.token, frame.nonce, frame.window, frame.max_chunk, frame.mac, len(frame.addresses)
+                frame.token, frame.nonce, frame.window, frame.max_chunk, len(frame.addresses)
             ) + b"".join(_pack_addr(a) for a in frame.addresses)
             return _header(FrameType.WELCOME, len(body)) + body
-        case Auth(mac):
-            return _header(FrameType.AUTH, MAC_SIZE) + mac
-        case Ready():
-            return _header(FrameType.READY, 0)
+        case Auth(mac) | Ready(mac):
+            if len(mac) != MAC_SIZE:
+                raise LocalProtocolError(f"MAC of {len(mac)} bytes")
+            kind = FrameType.AUTH if isinstance(frame, Auth) else FrameType.READY
+            return _header(kind, MAC_SIZE) + mac
     raise LocalProtocolError(f"cannot encode {frame!r}")
 
 
-def decode(buf: bytes | bytearray | memoryview) -> Frame:
-    """Decode one whole frame (header + body). DATA payloads are zero-copy views into `buf`."""
+def split_frame(buf: bytes | bytearray | memoryview, expect: Expect = ANY) -> tuple[FrameType, memoryview]:
+    """Check that `buf` is exactly one whole frame of an expected type; return its type and a view of its body."""
     view = memoryview(buf)
     if len(view) < HEADER_SIZE:
         raise RemoteProtocolError(f"truncated frame ({len(view)} bytes)")
-    kind, length = parse_header(view[:HEADER_SIZE])
+    kind, length = parse_header(view[:HEADER_SIZE], expect)
     if len(view) != HEADER_SIZE + length:
         raise RemoteProtocolError(f"{kind.name} frame length {length} does not match {len(view) - HEADER_SIZE}")
-    return decode_body(kind, view[HEADER_SIZE:])
+    return kind, view[HEADER_SIZE:]
+
+
+def decode(buf: bytes | bytearray | memoryview, expect: Expect = ANY) -> Frame:
+    """Decode one whole frame (header + body) of an expected type. DATA payloads are zero-copy views into `buf`."""
+    return decode_body(*split_frame(buf, expect))
 
 
 def decode_body(kind: FrameType, body: memoryview) -> Frame:
@@ -296,11 +342,13 @@ def decode_body(kind: FrameType, body: memoryview) -> Frame:
 
 
 def _decode_hello(body: memoryview) -> Hello:
-    magic, version, kind, flags, path_id, _resv, token, nonce, window, max_chunk = _HELLO.unpack(body)
+    magic, version, kind, flags, path_id, resv, token, nonce, window, max_chunk = _HELLO.unpack(body)
     if magic != MAGIC:
         raise RemoteProtocolError("not an sctpbond peer (bad magic)")
     if version != VERSION:
         raise RemoteProtocolError(f"peer speaks sctpbond wire version {version}, we speak {VERSION}")
+    if resv:
+        raise RemoteProtocolError("HELLO with non-zero reserved bits")
     if flags & ~(HELLO_FLAG_KEYED | HELLO_FLAG_ENCRYPT) or flags == HELLO_FLAG_ENCRYPT:
         raise RemoteProtocolError(f"HELLO with invalid flags {flags:#x}")
     return Hello(HelloKind(kind), path_id, token, nonce, window, max_chunk, bool(flags & HELLO_FLAG_KEYED), version,
@@ -308,12 +356,12 @@ def _decode_hello(body: memoryview) -> Hello:
 
 
 def _decode_welcome(body: memoryview) -> Welcome:
-    token, nonce, window, max_chunk, mac, count = _WELCOME.unpack(body[: _WELCOME.size])
+    token, nonce, window, max_chunk, count = _WELCOME.unpack(body[: _WELCOME.size])
     rest = body[_WELCOME.size :]
     if len(rest) != count * _ADDR.size:
         raise RemoteProtocolError("WELCOME address list length mismatch")
     addrs = tuple(_unpack_addr(bytes(rest[i : i + _ADDR.size])) for i in range(0, len(rest), _ADDR.size))
-    return Welcome(token, nonce, window, max_chunk, mac, addrs)
+    return Welcome(token, nonce, window, max_chunk, addrs)
 
 
 def _decode_ack(body: memoryview) -> Ack:
@@ -327,10 +375,7 @@ def _decode_ack(body: memoryview) -> Ack:
 
 
 def _decode_fin(body: memoryview) -> Fin:
-    total, dlen = _FIN_HEAD.unpack(body[: _FIN_HEAD.size])
-    digest = bytes(body[_FIN_HEAD.size :])
-    if len(digest) != dlen:
-        raise RemoteProtocolError("FIN digest length mismatch")
+    total, digest = _FIN.unpack(body)
     return Fin(total, digest)
 
 
@@ -344,15 +389,16 @@ def _decode_abort(body: memoryview) -> Abort:
 
 
 def _decode_sealed(body: memoryview) -> Frame:
-    # Sealed frames are opened by proto.crypto.Opener before decoding; here one means no encryption was agreed.
-    raise RemoteProtocolError("encrypted frame on a path without encryption")
+    # Sealed and authenticated frames are opened by proto.crypto.Opener before decoding; here one means no key
+    # was agreed on this path.
+    raise RemoteProtocolError("sealed or authenticated frame on a path without a key")
 
 
 _DECODERS: dict[FrameType, Callable[[memoryview], Frame]] = {
     FrameType.HELLO: _decode_hello,
     FrameType.WELCOME: _decode_welcome,
     FrameType.AUTH: lambda b: Auth(bytes(b)),
-    FrameType.READY: lambda b: Ready(),
+    FrameType.READY: lambda b: Ready(bytes(b)),
     FrameType.DATA: lambda b: Data(_U64.unpack(b[:8])[0], b[8:]),
     FrameType.ACK: _decode_ack,
     FrameType.FIN: _decode_fin,
@@ -360,6 +406,7 @@ _DECODERS: dict[FrameType, Callable[[memoryview], Frame]] = {
     FrameType.PONG: lambda b: Pong(_U64.unpack(b)[0]),
     FrameType.ABORT: _decode_abort,
     FrameType.SEALED: _decode_sealed,
+    FrameType.AUTHED: _decode_sealed,
 }
 
 

@@ -1,60 +1,65 @@
-"""Per-connection handshake: HELLO -> WELCOME -> AUTH -> READY (docs/wire-format.md).
+"""Per-connection handshake: HELLO -> WELCOME -> AUTH -> READY (docs/wire-format.md, version 2).
 
 Every connection (the first path and every path that joins later) runs the same four frames. The first path
 asks for a NEW session and receives its random 128-bit token; later paths JOIN by presenting it. With a
-pre-shared key, both sides prove knowledge of the key with HMAC-SHA256 over both fresh nonces, the token, the
-path id and the kind, so a captured handshake cannot be replayed and a stranger cannot attach a path.
-Randomness is passed in (nonces, tokens) so these objects stay deterministic and testable.
+pre-shared key both sides prove knowledge of the key with HMAC-SHA256 over the whole **transcript** as it went
+over the wire (as TLS 1.3's Finished does): no field of HELLO or WELCOME can be rewritten by an on-path attacker.
+The dialler proves first (AUTH), the listener only after it checked that proof (READY), so a stranger who dials
+a listener gets nothing computed from the key: no offline check of a guessed key.
+
+Both objects are fed whole frames as bytes (the transcript needs them as sent) and return the bytes to send.
+Randomness is passed in (nonces, tokens) so they stay deterministic and testable. A refusal raises an error whose
+`abort_code` and `peer_reason` say what to tell the peer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import AuthError, RemoteProtocolError, SessionAborted
+from ..errors import AuthError, LocalProtocolError, ProtocolError, RemoteProtocolError, SessionAborted
 from .frames import (
+    DIALLER_READY,
+    DIALLER_WELCOME,
+    LISTENER_AUTH,
+    LISTENER_HELLO,
     MAC_SIZE,
+    MAX_PATH_COUNTERS,
     NONCE_SIZE,
     TOKEN_SIZE,
     Abort,
     AbortCode,
     Auth,
-    Frame,
+    Buffer,
+    Expect,
     Hello,
     HelloKind,
     Ready,
     Welcome,
+    check_params,
+    decode,
+    encode,
 )
 
 _ZERO_MAC = bytes(MAC_SIZE)
 _ZERO_TOKEN = bytes(TOKEN_SIZE)
+_CLIENT, _SERVER = b"sctpbond v2 client", b"sctpbond v2 server"
 
 
-def proof(key: bytes, role: bytes, cnonce: bytes, snonce: bytes, token: bytes, path_id: int, kind: int,
-          flags: int = 0, addresses: tuple[str, ...] = ()) -> bytes:
-    """HMAC-SHA256 binding the key to this very handshake; role separates the two directions. The HELLO flags
-    are covered so that an on-path attacker cannot strip the request for encryption, and the server's proof
-    covers the addresses it advertises, so nobody can steer the client's automatic paths elsewhere."""
-    msg = b"sctpbond v1 " + role + cnonce + snonce + token + struct.pack("!HB", path_id, kind)
-    if flags:
-        msg += struct.pack("!H", flags)
-    if addresses:  # canonical text, as the peer decodes it from the wire
-        msg += ",".join(str(ipaddress.ip_address(a)) for a in addresses).encode()
-    return hmac.new(key, msg, hashlib.sha256).digest()
+def mac(key: bytes, role: bytes, transcript: bytes) -> bytes:
+    """HMAC-SHA256 of the transcript so far; the role string keeps one side's proof from passing for the other's."""
+    return hmac.new(key, role + transcript, hashlib.sha256).digest()
 
 
-def path_keys(key: bytes, cnonce: bytes, snonce: bytes, token: bytes, path_id: int) -> tuple[bytes, bytes]:
-    """Per-connection AES-256 keys (client->server, server->client), derived with HKDF-SHA256 from the pre-shared
-    key and this handshake's two fresh nonces: every path connection, and every re-join, gets fresh keys."""
+def path_keys(key: bytes, cnonce: bytes, snonce: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+    """Per-connection AES-256 keys (client->server, server->client), from HKDF-SHA256 over the pre-shared key, both
+    fresh nonces and the transcript's hash: every path connection, and every re-join, gets fresh keys."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    info = b"sctpbond v1 path keys" + token + struct.pack("!H", path_id)
+    info = b"sctpbond v2 path keys" + hashlib.sha256(transcript).digest()
     okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=cnonce + snonce, info=info).derive(key)
     return okm[:32], okm[32:]
 
@@ -67,17 +72,29 @@ class Negotiated:
     peer_window: int
     peer_max_chunk: int
     peer_addresses: tuple[str, ...] = ()
-    keys: tuple[bytes, bytes] | None = None  # (send, receive) AEAD keys when frames are sealed, else None
+    keys: tuple[bytes, bytes] | None = None  # (send, receive) AEAD keys with a key, else None
+    encrypt: bool = False  # keys seal the frames (True) or only authenticate them (--no-encrypt)
 
 
-def _raise_abort(frame: Abort) -> None:
+def _raise_abort(frame: Abort, who: str) -> None:
+    exc: AuthError | SessionAborted
     if frame.code == AbortCode.AUTH:
-        raise AuthError(f"peer refused authentication: {frame.reason}")
-    raise SessionAborted(f"peer aborted: {frame.reason or frame.code.name.lower()}")
+        why = (f"{who} does not have the same key (or the handshake was altered on the way)"
+               if frame.reason == "wrong key" else f"{who} refused us: {frame.reason}")
+        exc = AuthError(f"authentication failed: {why}")
+    else:
+        exc = SessionAborted(f"{who} aborted: {frame.reason or frame.code.name.lower()}")
+    exc.from_peer = True
+    raise exc
+
+
+def _refuse(exc: ProtocolError, code: AbortCode, reason: str | None = None) -> ProtocolError:
+    exc.abort_code, exc.peer_reason = code, reason or str(exc)
+    return exc
 
 
 class ClientHandshake:
-    """Dialling side. start() gives HELLO; receive(WELCOME) gives AUTH; receive(READY) finishes."""
+    """Dialling side: hello() -> bytes; receive_welcome(frame) -> AUTH bytes; receive_ready(frame) -> Negotiated."""
 
     def __init__(self, *, key: bytes | None, kind: HelloKind, token: bytes, path_id: int, nonce: bytes,
                  window: int, max_chunk: int, encrypt: bool = True) -> None:
@@ -88,107 +105,136 @@ class ClientHandshake:
         self.nonce, self.window, self.max_chunk = nonce, window, max_chunk
         self.result: Negotiated | None = None
         self._welcome: Welcome | None = None
+        self._transcript = b""
 
-    def start(self) -> Hello:
-        return Hello(self.kind, self.path_id, self.token, self.nonce, self.window, self.max_chunk, self.key is not None,
-                     encrypt=self.encrypt)
+    @property
+    def expect(self) -> Expect:
+        return DIALLER_WELCOME if self._welcome is None else DIALLER_READY
 
-    def receive(self, frame: Frame) -> Frame | None:
-        """Returns the frame to send back, or None. Raises AuthError/SessionAborted/RemoteProtocolError."""
+    def hello(self) -> bytes:
+        frame = Hello(self.kind, self.path_id, self.token, self.nonce, self.window, self.max_chunk,
+                      self.key is not None, encrypt=self.encrypt)
+        self._transcript = encode(frame)
+        return self._transcript
+
+    def receive_welcome(self, raw: Buffer) -> bytes:
+        """WELCOME (or ABORT) as received; returns the AUTH frame to send."""
+        frame = decode(raw, DIALLER_WELCOME)
         if isinstance(frame, Abort):
-            _raise_abort(frame)
-        if self._welcome is None:
-            if not isinstance(frame, Welcome):
-                raise RemoteProtocolError(f"expected WELCOME, got {type(frame).__name__.upper()}")
-            if self.kind == HelloKind.JOIN and frame.token != self.token:
-                raise RemoteProtocolError("listener answered a join with another session's token")
-            if self.key is not None:
-                flags = self.start().flags
-                expected = proof(self.key, b"server", self.nonce, frame.nonce, frame.token, self.path_id, self.kind,
-                                 flags, frame.addresses)
-                if not hmac.compare_digest(expected, frame.mac):
-                    raise AuthError("authentication failed: the listener does not have the same key")
-                mac = proof(self.key, b"client", self.nonce, frame.nonce, frame.token, self.path_id, self.kind, flags)
-            else:
-                mac = _ZERO_MAC
-            self._welcome = frame
-            return Auth(mac)
-        if not isinstance(frame, Ready):
-            raise RemoteProtocolError(f"expected READY, got {type(frame).__name__.upper()}")
-        w = self._welcome
-        keys = None
-        if self.encrypt:
-            assert self.key is not None  # encrypt is set only with a key
-            c2s, s2c = path_keys(self.key, self.nonce, w.nonce, w.token, self.path_id)
-            keys = (c2s, s2c)
-        self.result = Negotiated(w.token, self.path_id, self.kind, w.window, w.max_chunk, w.addresses, keys)
-        return None
+            _raise_abort(frame, "the listener")
+        assert isinstance(frame, Welcome)
+        if self.kind == HelloKind.JOIN and frame.token != self.token:
+            raise _refuse(RemoteProtocolError("the listener answered a join with another session's token"),
+                          AbortCode.PROTOCOL)
+        try:
+            check_params(frame.window, frame.max_chunk, "the listener")
+        except RemoteProtocolError as exc:
+            raise _refuse(exc, AbortCode.PROTOCOL) from None
+        self._welcome = frame
+        self._transcript += bytes(raw)
+        auth = encode(Auth(mac(self.key, _CLIENT, self._transcript) if self.key is not None else _ZERO_MAC))
+        self._transcript += auth
+        return auth
+
+    def receive_ready(self, raw: Buffer) -> Negotiated:
+        """READY (or ABORT) as received: checks the listener's proof and finishes."""
+        frame = decode(raw, DIALLER_READY)
+        if isinstance(frame, Abort):
+            _raise_abort(frame, "the listener")
+        assert isinstance(frame, Ready) and self._welcome is not None
+        expected = mac(self.key, _SERVER, self._transcript) if self.key is not None else _ZERO_MAC
+        if not hmac.compare_digest(expected, frame.mac):
+            why = ("the listener does not have the same key, or the handshake was altered on the way"
+                   if self.key is not None else "a keyless listener sent a MAC")
+            raise _refuse(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, "wrong key")
+        w, keys = self._welcome, None
+        if self.key is not None:
+            keys = path_keys(self.key, self.nonce, w.nonce, self._transcript)  # (c2s, s2c): send, receive
+        self.result = Negotiated(w.token, self.path_id, self.kind, w.window, w.max_chunk, w.addresses, keys,
+                                 self.encrypt)
+        return self.result
 
 
 class ServerHandshake:
-    """Listening side. receive(HELLO) gives WELCOME (or ABORT); receive(AUTH) gives READY (or ABORT).
+    """Listening side: receive_hello(frame) -> Hello; welcome() -> bytes; receive_auth(frame); ready() -> bytes.
 
     `new_token()` supplies a token for a NEW session; `knows(token)` says whether a JOIN names a live session.
-    A failure raises after `reply` holds the ABORT to send, so the runtime can tell the peer why.
+    Between the steps the runtime decides admission (slots, limits); every refusal raises a ProtocolError that
+    carries the ABORT to send (`abort_code`, `peer_reason`).
     """
 
     def __init__(self, *, key: bytes | None, nonce: bytes, window: int, max_chunk: int,
                  new_token: Callable[[], bytes], knows: Callable[[bytes], bool],
-                 addresses: tuple[str, ...] = (), require_encrypt: bool = True) -> None:
+                 addresses: tuple[str, ...] = (), require_encrypt: bool = True,
+                 max_paths: int = MAX_PATH_COUNTERS) -> None:
         self.key, self.nonce, self.window, self.max_chunk = key, nonce, window, max_chunk
         self.require_encrypt = require_encrypt and key is not None
         self._new_token, self._knows, self.addresses = new_token, knows, addresses
+        self.max_paths = max_paths
         self.hello: Hello | None = None
         self.token = _ZERO_TOKEN
         self.result: Negotiated | None = None
-        self.reply: Frame | None = None
+        self._transcript = b""
 
-    def _fail(self, exc: Exception, code: AbortCode, reason: str) -> None:
-        self.reply = Abort(code, reason)
-        raise exc
+    @property
+    def expect(self) -> Expect:
+        return LISTENER_HELLO if self.hello is None else LISTENER_AUTH
 
-    def receive(self, frame: Frame) -> Frame:
-        if isinstance(frame, Abort):
-            _raise_abort(frame)
-        if self.hello is None:
-            return self._on_hello(frame)
-        if not isinstance(frame, Auth):
-            self._fail(RemoteProtocolError("expected AUTH"), AbortCode.PROTOCOL, "expected AUTH")
-        assert isinstance(frame, Auth)
-        if self.key is not None:
-            h = self.hello
-            expected = proof(self.key, b"client", h.nonce, self.nonce, self.token, h.path_id, h.kind, h.flags)
-            if not hmac.compare_digest(expected, frame.mac):
-                self._fail(AuthError("authentication failed: a peer presented a wrong key"), AbortCode.AUTH,
-                           "wrong key")
-        h = self.hello
-        keys = None
-        if h.encrypt and self.key is not None:
-            c2s, s2c = path_keys(self.key, h.nonce, self.nonce, self.token, h.path_id)
-            keys = (s2c, c2s)
-        self.result = Negotiated(self.token, h.path_id, h.kind, h.window, h.max_chunk, keys=keys)
-        return Ready()
-
-    def _on_hello(self, frame: Frame) -> Frame:
-        if not isinstance(frame, Hello):
-            self._fail(RemoteProtocolError("connection did not start with HELLO"), AbortCode.PROTOCOL,
-                       "expected HELLO")
+    def receive_hello(self, raw: Buffer) -> Hello:
+        try:
+            frame = decode(raw, LISTENER_HELLO)
+        except RemoteProtocolError as exc:
+            raise _refuse(exc, AbortCode.PROTOCOL) from None
         assert isinstance(frame, Hello)
         if frame.keyed != (self.key is not None):
             why = ("the listener requires a key (--key-file / SCTPBOND_KEY)" if self.key is not None
                    else "the listener has no key; give it the same --key-file")
-            self._fail(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, why)
+            raise _refuse(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, why)
         if self.require_encrypt and not frame.encrypt:
             why = "the listener requires encryption; drop --no-encrypt or start the listener with it"
-            self._fail(AuthError(f"refused: {why}"), AbortCode.AUTH, why)
+            raise _refuse(AuthError(f"refused: {why}"), AbortCode.AUTH, why)
+        if frame.path_id >= self.max_paths:
+            raise _refuse(RemoteProtocolError(f"path id {frame.path_id} over the limit"), AbortCode.TOO_MANY_PATHS)
+        try:
+            check_params(frame.window, frame.max_chunk, "the dialler")
+        except RemoteProtocolError as exc:
+            raise _refuse(exc, AbortCode.PROTOCOL) from None
         if frame.kind == HelloKind.NEW:
             self.token = self._new_token()
         elif self._knows(frame.token):
             self.token = frame.token
         else:
-            self._fail(AuthError("a path tried to join an unknown session"), AbortCode.UNKNOWN_SESSION,
-                       "unknown session token")
+            raise _refuse(AuthError("a path tried to join an unknown session"), AbortCode.UNKNOWN_SESSION,
+                          "unknown session token")
         self.hello = frame
-        mac = (proof(self.key, b"server", frame.nonce, self.nonce, self.token, frame.path_id, frame.kind, frame.flags,
-                     self.addresses) if self.key is not None else _ZERO_MAC)
-        return Welcome(self.token, self.nonce, self.window, self.max_chunk, mac, self.addresses)
+        self._transcript = bytes(raw)
+        return frame
+
+    def welcome(self) -> bytes:
+        assert self.hello is not None
+        frame = encode(Welcome(self.token, self.nonce, self.window, self.max_chunk, self.addresses))
+        self._transcript += frame
+        return frame
+
+    def receive_auth(self, raw: Buffer) -> Negotiated:
+        """AUTH (or ABORT) as received: checks the dialler's proof; the result is final once ready() is sent."""
+        frame = decode(raw, LISTENER_AUTH)
+        if isinstance(frame, Abort):
+            _raise_abort(frame, "the dialler")
+        assert isinstance(frame, Auth) and self.hello is not None
+        expected = mac(self.key, _CLIENT, self._transcript) if self.key is not None else _ZERO_MAC
+        if not hmac.compare_digest(expected, frame.mac):
+            why = "a peer presented a wrong key" if self.key is not None else "a keyless dialler sent a MAC"
+            raise _refuse(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, "wrong key")
+        self._transcript += bytes(raw)
+        h, keys = self.hello, None
+        if self.key is not None:
+            c2s, s2c = path_keys(self.key, h.nonce, self.nonce, self._transcript)
+            keys = (s2c, c2s)  # send, receive
+        self.result = Negotiated(self.token, h.path_id, h.kind, h.window, h.max_chunk, keys=keys, encrypt=h.encrypt)
+        return self.result
+
+    def ready(self) -> bytes:
+        if self.result is None:  # an explicit check, not an assert: mac_s before mac_c was verified is an oracle
+            raise LocalProtocolError("READY before the dialler's AUTH was verified")
+        return encode(Ready(mac(self.key, _SERVER, self._transcript) if self.key is not None else _ZERO_MAC))

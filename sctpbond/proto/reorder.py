@@ -1,25 +1,38 @@
 """Receiver reorder buffer: byte ranges arrive in any order over any path, leave in stream order.
 
 Like aioquic's stream receive buffer, keyed by byte offset: duplicates (resends after a path died, or
-opportunistic reinjection) are dropped or trimmed, in-order data takes a fast path that stores nothing, and the
-amount held is capped so a peer (or a stalled path) cannot make us grow without bound.
+opportunistic reinjection) are dropped or trimmed, in-order data takes a fast path that stores nothing, and what
+is held is capped in bytes *and* in count, so a peer (or a stalled path) cannot make us grow without bound. A
+range costs its bookkeeping as well as its payload: 120,000 one-byte ranges would hold 120 KB of payload in tens
+of MiB of objects, so the count of held ranges is bounded (MAX_HELD_RANGES, a wire-format rule that honest
+senders keep by construction) and small payloads are copied out of the frame that carried them.
 """
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
+from sortedcontainers import SortedDict
+
 from ..errors import RemoteProtocolError
+from .frames import MAX_HELD_RANGES
 
 Chunk = bytes | bytearray | memoryview
+
+#: Bytes of bookkeeping a held range costs beyond its payload (sorted-dict slot, key int, the payload's object);
+#: charged in `held_cost` and the peak statistic, so they show what the buffer really holds.
+RANGE_COST = 200
+#: Payloads below this are copied when held, so a tiny range does not keep its whole receive buffer alive.
+_COPY_BELOW = 4096
 
 
 @dataclass
 class ReorderStats:
     duplicates: int = 0  # ranges dropped entirely because already held or delivered
     duplicate_bytes: int = 0
-    peak_buffered: int = 0
+    peak_buffered: int = 0  # held + handed-out-not-written bytes, at most
+    peak_ranges: int = 0
+    peak_cost: int = 0  # held bytes + RANGE_COST per held range, at most
 
 
 class ReorderBuffer:
@@ -27,20 +40,29 @@ class ReorderBuffer:
 
     `window` bounds how far past the delivered point data may lie: offset + len <= base + window, where base is
     what the application has consumed (acknowledged). A peer that exceeds it violates the protocol. Because
-    ranges never extend past base + window and held ranges are kept disjoint, buffered bytes <= window.
+    ranges never extend past base + window and held ranges are kept disjoint, buffered bytes <= window, and held
+    ranges <= max_ranges; so memory <= window + max_ranges x RANGE_COST.
     """
 
-    def __init__(self, window: int) -> None:
-        if window <= 0:
-            raise ValueError("window must be positive")
-        self.window = window
+    def __init__(self, window: int, max_ranges: int = MAX_HELD_RANGES) -> None:
+        if window <= 0 or max_ranges <= 0:
+            raise ValueError("window and max_ranges must be positive")
+        self.window, self.max_ranges = window, max_ranges
         self.next_offset = 0  # everything below has been handed out by pop_ready()
         self.consumed = 0  # everything below has been written by the application (see consume())
         self.buffered = 0
-        self._held: dict[int, Chunk] = {}  # early ranges by offset, never overlapping
-        self._starts: list[int] = []  # their offsets, sorted
+        self._held: SortedDict = SortedDict()  # early ranges by offset, never overlapping
         self._ready: list[Chunk] = []
+        self._ready_bytes = 0
         self.stats = ReorderStats()
+
+    @property
+    def held_ranges(self) -> int:
+        return len(self._held)
+
+    @property
+    def held_cost(self) -> int:
+        return self.buffered + RANGE_COST * len(self._held)
 
     def add(self, offset: int, payload: Chunk) -> bool:
         """Take one range. Returns True if it produced in-order data (pop_ready() is non-empty)."""
@@ -65,37 +87,47 @@ class ReorderBuffer:
         if self._store(offset, payload) is None:
             self._dup(size)
             return False
-        self.stats.peak_buffered = max(self.stats.peak_buffered, self.buffered + self.unconsumed)
+        st = self.stats
+        st.peak_buffered = max(st.peak_buffered, self.buffered + self.unconsumed)
+        st.peak_ranges = max(st.peak_ranges, len(self._held))
+        st.peak_cost = max(st.peak_cost, self.held_cost)
         return False
 
     def _store(self, offset: int, payload: Chunk) -> Chunk | None:
         """Hold an early range, keeping held ranges disjoint (so held bytes <= window): the part already held by
         a neighbour is cut off, neighbours the new range covers entirely are replaced. None: nothing new."""
-        starts, held = self._starts, self._held
+        held = self._held
         end = offset + len(payload)
-        i = bisect.bisect_right(starts, offset)
+        i = held.bisect_right(offset)
         if i:
-            prev = starts[i - 1]
-            prev_end = prev + len(held[prev])
+            prev, prev_payload = held.peekitem(i - 1)
+            prev_end = prev + len(prev_payload)
             if prev_end >= end:
                 return None
-            if prev_end > offset:
+            if prev == offset:  # a shorter range at the same offset: covered entirely, replaced (not a new range)
+                self.buffered -= len(held.popitem(i - 1)[1])
+            elif prev_end > offset:
                 payload = memoryview(payload)[prev_end - offset :]
                 offset = prev_end
-        i = bisect.bisect_left(starts, offset)
-        while i < len(starts) and starts[i] < end:
-            nxt = starts[i]
-            nxt_end = nxt + len(held[nxt])
+        i = held.bisect_left(offset)
+        while i < len(held):
+            nxt, nxt_payload = held.peekitem(i)
+            if nxt >= end:
+                break
+            nxt_end = nxt + len(nxt_payload)
             if nxt_end <= end:  # wholly covered by the new range
-                self.buffered -= len(held.pop(nxt))
-                del starts[i]
+                self.buffered -= len(held.popitem(i)[1])
                 continue
             payload = memoryview(payload)[: nxt - offset]
             end = nxt
             break
         if end <= offset:
             return None
-        starts.insert(i, offset)
+        if len(held) >= self.max_ranges:
+            raise RemoteProtocolError(f"more than {self.max_ranges} separate out-of-order DATA ranges held "
+                                      "(a sender keeps at most that many chunks beyond the acknowledged point)")
+        if len(payload) < _COPY_BELOW:
+            payload = bytes(payload)
         held[offset] = payload
         self.buffered += len(payload)
         return payload
@@ -106,14 +138,17 @@ class ReorderBuffer:
 
     def _emit(self, payload: Chunk) -> None:
         self._ready.append(payload)
+        self._ready_bytes += len(payload)
         self.next_offset += len(payload)
 
     def _drain(self) -> None:
-        """Move held ranges that now touch next_offset to the ready list."""
-        starts, held = self._starts, self._held
-        while starts and starts[0] <= self.next_offset:
-            offset = starts.pop(0)
-            payload = held.pop(offset)
+        """Move held ranges that now touch next_offset to the ready list (each step O(log n))."""
+        held = self._held
+        while held:
+            offset, payload = held.peekitem(0)
+            if offset > self.next_offset:
+                return
+            held.popitem(0)
             self.buffered -= len(payload)
             end = offset + len(payload)
             if end <= self.next_offset:
@@ -123,12 +158,12 @@ class ReorderBuffer:
 
     def pop_ready(self) -> list[Chunk]:
         """In-order data not handed out yet (the caller writes it, then calls consume())."""
-        ready, self._ready = self._ready, []
+        ready, self._ready, self._ready_bytes = self._ready, [], 0
         return ready
 
     def consume(self, nbytes: int) -> None:
         """The application has written nbytes more of the handed-out data: the window slides."""
-        if self.consumed + nbytes > self.next_offset - sum(len(c) for c in self._ready):
+        if self.consumed + nbytes > self.next_offset - self._ready_bytes:
             raise ValueError("consumed more than was handed out")
         self.consumed += nbytes
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from .frames import MAX_HELD_RANGES
 
 Buffer = bytes | bytearray | memoryview
 
@@ -76,8 +77,10 @@ class SendBuffer:
         return self.eof and self.acked >= self.written
 
     def take_new(self, maxlen: int, path: int) -> SentChunk | None:
-        """Cut the next chunk of at most maxlen unsent bytes and record it as sent on `path`."""
-        if maxlen <= 0 or not self._unsent:
+        """Cut the next chunk of at most maxlen unsent bytes and record it as sent on `path`. Never more than
+        MAX_HELD_RANGES chunks beyond the peer's acknowledgement: the receiver may hold no more separate ranges
+        (wire-format.md), and chunks keep their boundaries when resent, so this count bounds what it holds."""
+        if maxlen <= 0 or not self._unsent or len(self._unacked) >= MAX_HELD_RANGES:
             return None
         unsent = self._unsent
         head = unsent[0]

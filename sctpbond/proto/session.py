@@ -50,6 +50,11 @@ class SessionConfig:
     ack_delay: float = 0.02
     fin_retry: float = 1.0
     max_paths: int = MAX_PATH_COUNTERS
+    # A frame that fails authentication fails its path (re-dialled), not the session: a flipped bit on one link
+    # must not end a transfer that would survive that link's loss. More than this many on one path within
+    # auth_failure_period means someone is at work on the link: the session is aborted.
+    auth_failures: int = 3
+    auth_failure_period: float = 60.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -76,6 +81,7 @@ class Session:
         self._unacked_since: float | None = None
         self._last_rx_path: int | None = None
         self._last_ping: dict[int, float] = {}
+        self._auth_failures: dict[int, deque[float]] = {}
         self._wake = Wake.NONE
         self._send_wake: set[int] | None = set()  # the paths a Wake.SEND is for; None: every path
         self.resent_bytes = 0
@@ -130,7 +136,14 @@ class Session:
         return self.failure is None and self.send_done and self.recv_done
 
     def _queue(self, pid: int, frame: Frame) -> None:
-        self._ctrl[pid].append(frame)
+        """Queue a control frame. At most one of each type waits per path (a PING flood from a peer that reads
+        nothing costs one PONG, answering the newest PING), so the queue never holds more than four frames."""
+        ctrl = self._ctrl[pid]
+        for i, queued in enumerate(ctrl):
+            if type(queued) is type(frame):
+                del ctrl[i]
+                break
+        ctrl.append(frame)
         self._wake_send(pid)
 
     # -- paths ----------------------------------------------------------------------------------------------------
@@ -180,6 +193,21 @@ class Session:
         self._wake_send()
         self._wake |= Wake.STATE
         return requeued
+
+    def auth_failed(self, pid: int, reason: str, now: float) -> bool:
+        """A frame on path pid failed authentication (altered, injected or replayed): the path goes, as a dead one
+        does, unless the path has used up its budget, in which case the session is aborted. True: aborted."""
+        times = self._auth_failures.setdefault(pid, deque())
+        times.append(now)
+        while times and now - times[0] > self.config.auth_failure_period:
+            times.popleft()
+        if len(times) > self.config.auth_failures:
+            error = IntegrityError(f"path {pid}: {reason}, {len(times)} times within "
+                                   f"{self.config.auth_failure_period:g} s: someone is altering the traffic")
+            self.abort(AbortCode.INTEGRITY, "frames failed authentication again and again", error)
+            return True
+        self.fail_path(pid, reason, now)
+        return False
 
     # -- application side --------------------------------------------------------------------------------------
     def send_space(self) -> int:
@@ -235,8 +263,7 @@ class Session:
 
     def _verify_digest(self) -> None:
         """Compare what the peer says it sent with what we handed out."""
-        ours = self.rx_digest.digest()
-        self.digest_ok = not self.peer_digest or ours == self.peer_digest
+        self.digest_ok = self.rx_digest.digest() == self.peer_digest
         if not self.digest_ok:
             error = IntegrityError(f"end-to-end digest mismatch: the {self.reorder.consumed} bytes received differ "
                                    "from what the peer sent (corrupted on the way)")
@@ -494,6 +521,7 @@ class Session:
             "first_resend_s": None if self.first_resend_at is None else round(self.first_resend_at - self.started, 3),
             "duplicate_bytes_dropped": self.reorder.stats.duplicate_bytes,
             "peak_reorder_bytes": self.reorder.stats.peak_buffered,
+            "peak_reorder_ranges": self.reorder.stats.peak_ranges,
             "digest": "xxh3-128",
             "sent_digest": self.tx_digest.hexdigest() if self.sendbuf.eof else None,
             "received_digest": self.rx_digest.hexdigest() if self.recv_done else None,

@@ -12,8 +12,16 @@ from dataclasses import dataclass
 
 from .. import routes
 from .. import transport as transports
-from ..errors import AuthError, ConnectError, SctpbondError, SessionAborted, TransportError, UsageError
-from ..proto.frames import NONCE_SIZE, TOKEN_SIZE, Abort, AbortCode, HelloKind, decode, encode
+from ..errors import (
+    AuthError,
+    ConnectError,
+    ProtocolError,
+    SctpbondError,
+    SessionAborted,
+    TransportError,
+    UsageError,
+)
+from ..proto.frames import NONCE_SIZE, TOKEN_SIZE, Abort, AbortCode, HelloKind, encode
 from ..proto.handshake import ClientHandshake, Negotiated
 from ..proto.session import Session
 from ..transport.base import Channel
@@ -37,25 +45,30 @@ class PathSpec:
 
 def handshake(channel: Channel, hs: ClientHandshake, timeout: float) -> Negotiated:
     """Run the client side of the handshake on a fresh channel (blocking, bounded by `timeout`)."""
+
+    def receive() -> memoryview:
+        buf = channel.recv(hs.expect)
+        if buf is None:
+            raise ConnectError(f"{channel.label} closed the connection during the handshake "
+                               "(not an sctpbond listener, or it refused us)")
+        return buf
+
     channel.set_timeout(timeout)
     try:
-        channel.send((encode(hs.start()),))
-        while hs.result is None:
-            buf = channel.recv()
-            if buf is None:
-                raise ConnectError(f"{channel.label} closed the connection during the handshake "
-                                   "(not an sctpbond listener, or it refused us)")
+        channel.send((hs.hello(),))
+        channel.send((hs.receive_welcome(receive()),))
+        neg = hs.receive_ready(receive())
+    except ProtocolError as exc:  # garbage, a wrong key, limits: tell the listener why, unless it told us
+        if not exc.from_peer:
             try:
-                reply = hs.receive(decode(buf))
-            except AuthError as exc:
-                channel.send((encode(Abort(AbortCode.AUTH, str(exc))),))
-                raise
-            if reply is not None:
-                channel.send((encode(reply),))
+                channel.send((encode(Abort(AbortCode(exc.abort_code), exc.peer_reason)),))
+            except TransportError:
+                pass
+        raise
     except TransportError as exc:
         raise ConnectError(f"handshake with {channel.label} failed: {exc}") from None
     channel.set_timeout(None)
-    return hs.result
+    return neg
 
 
 class Client:
@@ -94,7 +107,7 @@ class Client:
                              max_chunk=opts.session.max_chunk, encrypt=opts.encrypt)
         try:
             neg = handshake(channel, hs, opts.handshake_timeout)
-            return secure(channel, neg.keys), neg
+            return secure(channel, neg.keys, neg.encrypt), neg
         except BaseException:
             channel.abort()
             channel.close()
@@ -106,7 +119,7 @@ class Client:
             for pid in self.subflows:
                 try:
                     channel, neg = self._dial(pid, HelloKind.NEW, transport)
-                except (AuthError, SessionAborted):
+                except (AuthError, SessionAborted, ProtocolError):
                     raise
                 except ConnectError as exc:
                     errors.append(str(exc))

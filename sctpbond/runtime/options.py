@@ -5,11 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..proto.frames import MAX_CHUNK, MAX_WINDOW, MIN_CHUNK, MIN_WINDOW_CHUNKS
 from ..proto.scheduler import SchedulerConfig
 from ..proto.session import SessionConfig
 from .runner import RunnerConfig
 
 DEFAULT_PORT = 7300  # the listener's port, TCP and SCTP alike
+#: A pre-shared key shorter than this is refused wherever it enters (--key-file, SCTPBOND_KEY, the API's key=):
+#: the handshake hands a dialler's MAC to whoever answers at the address it dials, an offline check of a guess.
+MIN_KEY_BYTES = 16
+KEY_ADVICE = "use 32 random bytes: head -c 32 /dev/urandom | base64 > key; chmod 600 key"
+
+
+def check_key(key: bytes | None, where: str = "the key") -> None:
+    if key is not None and len(key) < MIN_KEY_BYTES:
+        raise UsageError(f"{where} has {len(key)} bytes; at least {MIN_KEY_BYTES} are needed ({KEY_ADVICE})")
 
 
 @dataclass(frozen=True)
@@ -25,14 +35,17 @@ class Options:
     # every local address of the client's family when bound to the wildcard; sctpbond.routes); (): none.
     advertise: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        check_key(self.key)
+
 
 def make_options(*, window: int, chunk: int, dead_after: float, path_timeout: float,
                  limit_rate: float | None = None, key: bytes | None = None, encrypt: bool = True) -> Options:
     """Options from the user's settings (the command line's and the Python API's), checked."""
-    if not 64 * 1024 <= chunk <= 1 << 20:
+    if not MIN_CHUNK <= chunk <= MAX_CHUNK:
         raise UsageError("--chunk must be between 64K and 1M")
-    if window < 4 * chunk:
-        raise UsageError("--window must be at least 4 chunks")
+    if not MIN_WINDOW_CHUNKS * chunk <= window <= MAX_WINDOW:
+        raise UsageError(f"--window must be at least {MIN_WINDOW_CHUNKS} chunks and at most 4G")
     if path_timeout <= 0 or dead_after <= 0:
         raise UsageError("--path-timeout and --dead-after must be positive")
     session = SessionConfig(window=window, send_cap=window, max_chunk=chunk, dead_after=dead_after,

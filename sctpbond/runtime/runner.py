@@ -16,8 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import RemoteProtocolError, SctpbondError, SessionAborted, TransferFailed, TransportError
-from ..proto.frames import AbortCode, Data, data_prefix, decode, encode
+from ..errors import (
+    IntegrityError,
+    RemoteProtocolError,
+    SctpbondError,
+    SessionAborted,
+    TransferFailed,
+    TransportError,
+)
+from ..proto.frames import SESSION, AbortCode, Data, decode, encode_parts
 from ..proto.session import Session, Wake
 from ..transport.base import Channel
 
@@ -122,6 +129,7 @@ class SessionRunner:
             self.channels[pid] = channel
             self.labels[pid] = channel.label
             self._send_conds.setdefault(pid, threading.Condition(self.lock))
+            channel.set_send_stall(self.session.config.dead_after)
             self._peer_closed.discard(pid)
             self.session.add_path(pid, self.clock(), channel.label)
             self._all_down_since = None
@@ -162,10 +170,7 @@ class SessionRunner:
                             channel.shutdown_write()
                             return
                         cond.wait(0.25)
-                if isinstance(frame, Data):
-                    channel.send((data_prefix(frame.offset, len(frame.payload)), frame.payload), data=True)
-                else:
-                    channel.send((encode(frame),))
+                channel.send(encode_parts(frame), data=isinstance(frame, Data))
         except TransportError as exc:
             self._path_down(pid, channel, str(exc), peer_closed=True)
 
@@ -180,20 +185,35 @@ class SessionRunner:
                     if not done:
                         self._path_down(pid, channel, "closed by the peer", peer_closed=True)
                     return
-                frame = decode(buf)
+                frame = decode(buf, SESSION)
                 with self.lock:
                     if self.channels.get(pid) is not channel:
                         return
                     session.receive(pid, frame, self.clock())
                     self._wake()
+        except IntegrityError as exc:  # altered, injected or replayed on this path: the path goes, not the session
+            with self.lock:
+                if self.channels.get(pid) is not channel or self._closing:
+                    return
+                aborted = session.auth_failed(pid, str(exc), self.clock())
+                self._wake()
+            if not aborted:
+                LOG.warning(f"path {pid} ({channel.label}) down: {exc}")
+                channel.abort()
+                if self.on_path_down is not None:
+                    self.on_path_down(pid, str(exc))
         except RemoteProtocolError as exc:
             with self.lock:
-                self._fail(AbortCode.PROTOCOL, RemoteProtocolError(f"path {pid}: {exc}"))
+                self._fail(AbortCode(exc.abort_code), RemoteProtocolError(f"path {pid}: {exc}"))
         except TransportError as exc:
             with self.lock:
                 closing = self._closing
             if not closing:
                 self._path_down(pid, channel, str(exc), peer_closed=True)
+        except Exception as exc:  # noqa: BLE001 -- a bug reached from a peer's bytes: one line, never a traceback
+            with self.lock:
+                self._fail(AbortCode.INTERNAL, SctpbondError(f"internal error on path {pid}: "
+                                                             f"{type(exc).__name__}: {exc}"))
 
     # -- application side ----------------------------------------------------------------------------------------
     def _input_pump(self) -> None:

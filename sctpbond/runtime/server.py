@@ -2,13 +2,14 @@
 
 A Server holds its live sessions in a dict token -> Served (runner + endpoint); a JOIN is routed by its token, so
 sessions never see each other's paths. Where each session's stream goes is an Endpoint made by a factory once the
-peer has authenticated (endpoints.py: stdio, -o FILE, a relay socket, a command).
+handshake is over (endpoints.py: stdio, -o FILE, a relay socket, a command).
 
-By default the listener serves one session, as ncat does. A stranger's garbage, a port scan, a silent or
-truncated handshake is logged in one line and the listener keeps waiting for its real peer; a peer with a wrong
-key (or keyed against unkeyed) ends a one-session listener with exit 1 before anything is written. With
-keep_open it serves up to max_sessions sessions at once, each isolated: a session that fails, or a wrong key, is
-logged in one line and the listener goes on.
+A listener is an attack surface: until a peer has proved the key (or, keyless, finished its handshake) it costs
+that peer a bounded slot and nothing else. Handshakes in progress are capped in all and per source address (as
+sshd's MaxStartups and PerSourcePenalties do), so one address can never fill the table; a session counts
+against --max-sessions only once its first path is authenticated. Every refusal (garbage, a port scan, a silent
+or truncated handshake, a wrong key, parameters out of range) is one log line, the peer is told why when it
+can be, and the listener keeps waiting for its real peer, one-shot or not.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import AuthError, ProtocolError, SctpbondError, SessionAborted, TransportError
-from ..proto.frames import NONCE_SIZE, TOKEN_SIZE, Abort, AbortCode, Hello, HelloKind, decode, encode
+from ..errors import BusyError, SctpbondError, TransportError
+from ..proto.frames import NONCE_SIZE, TOKEN_SIZE, Abort, AbortCode, HelloKind, encode
 from ..proto.handshake import Negotiated, ServerHandshake
 from ..proto.session import Session
 from ..routes import welcome_addresses
@@ -53,17 +55,19 @@ class Server:
 
     def __init__(self, listeners: Sequence[Listener], *, options: Options = Options(), source_fd: int | None = 0,
                  sink_fd: int | None = 1, endpoints: EndpointFactory | None = None, keep_open: bool = False,
-                 max_sessions: int = 16, max_pending: int = 64,
+                 max_sessions: int = 16, max_pending: int = 64, max_pending_per_source: int = 8,
                  on_session_end: Callable[[Served], None] | None = None) -> None:
         self.listeners = list(listeners)
         self.options = options
         self.endpoints = endpoints if endpoints is not None else stdio(source_fd, sink_fd)
         self.keep_open = keep_open
         self.max_sessions = max(1, max_sessions) if keep_open else 1
+        self.max_pending = max_pending
+        self.max_pending_per_source = max(1, min(max_pending_per_source, max_pending))
         self.on_session_end = on_session_end
         self._lock = threading.Lock()
-        self._pending = threading.BoundedSemaphore(max_pending)
-        self._claims = 0  # NEW handshakes admitted and not yet a session (or failed)
+        self._pending: Counter[str] = Counter()  # handshakes in progress, per source address
+        self._claims = 0  # authenticated NEW sessions not yet in `sessions` (they hold a slot)
         self.sessions: dict[bytes, Served] = {}  # token -> live session: joins are routed by token
         self._reserved: set[bytes] = set()  # tokens of sessions authenticated but not yet in `sessions`
         self._registered = threading.Condition(self._lock)
@@ -86,15 +90,25 @@ class Server:
                 continue
             if channel is None:
                 continue
-            if not self._pending.acquire(blocking=False):
-                self._reject(channel, "too many connections still in their handshake")
+            refusal = self._admit(channel.remote[0])
+            if refusal:
+                self._reject(channel, refusal)
                 continue
             threading.Thread(target=self._handle, args=(channel,), name="handshake", daemon=True).start()
 
-    def _reject(self, channel: Channel, why: str, reply: Abort | None = None, log: bool = True) -> None:
+    def _admit(self, source: str) -> str:
+        """Take a handshake slot for a connection from `source`, or say why not."""
+        with self._lock:
+            if sum(self._pending.values()) >= self.max_pending:
+                return "too many connections still in their handshake"
+            if self._pending[source] >= self.max_pending_per_source:
+                return f"{source} already has {self.max_pending_per_source} connections in their handshake"
+            self._pending[source] += 1
+        return ""
+
+    def _reject(self, channel: Channel, why: str, reply: Abort | None = None) -> None:
         self.rejected += 1
-        if log:
-            LOG.warning(f"rejected connection from {channel.remote[0]}:{channel.remote[1]}: {why}")
+        LOG.warning(f"rejected connection from {channel.remote[0]}:{channel.remote[1]}: {why}")
         if reply is not None:
             try:
                 channel.send((encode(reply),))
@@ -104,14 +118,25 @@ class Server:
         channel.close()
 
     def _handle(self, channel: Channel) -> None:
+        source = channel.remote[0]
         try:
             self._handshake_and_attach(channel)
+        except Exception as exc:  # a bug must not leak the slot, print a traceback or take the listener down
+            self._reject(channel, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            self._pending.release()
             with self._lock:
+                self._pending[source] -= 1
+                if self._pending[source] <= 0:
+                    del self._pending[source]
                 deadline = self._deadlines.pop(channel, None)
             if deadline is not None:  # every way out of the handshake stops its deadline
                 deadline.cancel()
+
+    def _receive(self, channel: Channel, hs: ServerHandshake) -> memoryview:
+        buf = channel.recv(hs.expect)  # only the next handshake frame, at its exact length
+        if buf is None:
+            raise TransportError("closed during the handshake")
+        return buf
 
     def _handshake_and_attach(self, channel: Channel) -> None:
         opts = self.options
@@ -119,7 +144,7 @@ class Server:
                              max_chunk=opts.session.max_chunk, new_token=lambda: secrets.token_bytes(TOKEN_SIZE),
                              knows=self._knows,
                              addresses=welcome_addresses(opts.advertise, self.listeners, channel),
-                             require_encrypt=opts.encrypt)
+                             require_encrypt=opts.encrypt, max_paths=opts.session.max_paths)
         channel.set_timeout(opts.handshake_timeout)
         # The socket timeout bounds each read; this deadline bounds the whole handshake, so a peer that trickles
         # one byte at a time cannot hold a handshake slot for ever.
@@ -134,106 +159,56 @@ class Server:
         with self._lock:
             self._deadlines[channel] = deadline
         deadline.start()
-        claimed_here = False
-        endpoint: Endpoint | None = None
-        info: SessionInfo | None = None
-        hello: Hello | None = None
+        claimed = False
         try:
-            first = True
-            while hs.result is None:
-                buf = channel.recv()
-                if buf is None:
-                    raise TransportError("closed during the handshake")
-                frame = decode(buf)
-                if first:
-                    first = False
-                    if isinstance(frame, Hello):
-                        hello = frame
-                        refusal = self._admit(frame)
-                        if refusal is not None:
-                            self._reject(channel, refusal.reason, refusal)
-                            return
-                        claimed_here = frame.kind == HelloKind.NEW
-                reply = hs.receive(frame)
-                if claimed_here and hs.result is not None:  # authenticated: now open where the stream goes
-                    with self._lock:
-                        self.started += 1
-                        info = SessionInfo(self.started, channel.remote)
-                    try:
-                        endpoint = self.endpoints(info)
-                    except SctpbondError as exc:
-                        self._unclaim()
-                        self._reject(channel, f"session {info.number}: {exc}", Abort(AbortCode.CANCELLED, str(exc)),
-                                     log=self.keep_open)
-                        self._end(exc)
-                        return
-                    with self._lock:  # paths may join as soon as READY is out, before _attach registers it
-                        self._reserved.add(hs.result.token)
-                channel.send((encode(reply),))
+            hs.receive_hello(self._receive(channel, hs))
+            channel.send((hs.welcome(),))
+            neg = hs.receive_auth(self._receive(channel, hs))
+            if neg.kind == HelloKind.NEW:  # authenticated: only now does it hold a session slot
+                self._claim(neg.token)
+                claimed = True
+            channel.send((hs.ready(),))
             deadline.cancel()
             if expired.is_set():  # it fired just as the handshake finished: the channel is already aborted
                 raise TransportError("handshake not finished in time")
-        except (ProtocolError, SessionAborted, TransportError) as exc:
+        except SctpbondError as exc:
             deadline.cancel()
+            if claimed:
+                self._unclaim(hs.token)
             error = (TransportError(f"handshake not finished within {opts.handshake_timeout:g} s")
                      if expired.is_set() else exc)
-            if claimed_here:
-                self._unclaim()
-                with self._lock:
-                    self._reserved.discard(hs.token)
-                    self._registered.notify_all()
-            if endpoint is not None:
-                endpoint.stop()
-                endpoint.close(True)
-            refusal = hs.reply if isinstance(hs.reply, Abort) else None
-            if claimed_here and isinstance(error, AuthError):  # a NEW session with a wrong key, or keyed vs. unkeyed
-                why = self._auth_failure(hello, refusal)
-                self._reject(channel, f"authentication failed: {why}", refusal, log=self.keep_open)
-                self._end(AuthError(f"authentication failed with {channel.remote[0]}: {why}; nothing was written"))
-                return
-            self._reject(channel, str(error), refusal)
+            told = error.from_peer or isinstance(error, TransportError)
+            self._reject(channel, str(error), None if told else Abort(AbortCode(error.abort_code), error.peer_reason))
             return
         channel.set_timeout(None)
-        self._attach(secure(channel, hs.result.keys), hs.result, endpoint=endpoint, info=info)
+        secured = secure(channel, neg.keys, neg.encrypt)
+        if neg.kind == HelloKind.NEW:
+            self._start_session(secured, neg)
+        else:
+            self._join(secured, neg)
 
     def _knows(self, token: bytes) -> bool:
         with self._lock:
             return token in self.sessions or token in self._reserved
 
-    def _admit(self, hello: Hello) -> Abort | None:
-        """Decide from HELLO alone whether this connection may go on (before any work is done for it)."""
-        if hello.path_id >= self.options.session.max_paths:
-            return Abort(AbortCode.TOO_MANY_PATHS, f"path id {hello.path_id} over the limit")
-        if hello.kind == HelloKind.NEW:
-            with self._lock:
-                if not self.keep_open and (self._claims or self._first is not None or self._fatal is not None):
-                    return Abort(AbortCode.BUSY, "listener already serves a session")
-                if len(self.sessions) + self._claims >= self.max_sessions:
-                    return Abort(AbortCode.BUSY, f"listener is at its limit of {self.max_sessions} sessions at once "
-                                                 "(--max-sessions)")
-                self._claims += 1
-        return None
+    def _claim(self, token: bytes) -> None:
+        """An authenticated NEW session takes a slot (BusyError if there is none); paths may join it from now on."""
+        with self._lock:
+            if not self.keep_open and (self._claims or self._first is not None or self._fatal is not None):
+                raise BusyError("listener already serves a session")
+            if len(self.sessions) + self._claims >= self.max_sessions:
+                raise BusyError(f"listener is at its limit of {self.max_sessions} sessions at once (--max-sessions)")
+            self._claims += 1
+            self._reserved.add(token)
 
-    def _unclaim(self) -> None:
+    def _unclaim(self, token: bytes) -> None:
         with self._lock:
             self._claims -= 1
-
-    def _auth_failure(self, hello: Hello | None, reply: Abort | None) -> str:
-        """Why a peer failed to authenticate, from the listener's side (the peer says the same from its end)."""
-        if reply is None:  # the peer refused our proof
-            why = "it does not have the same key"
-        elif hello is not None and hello.keyed and self.options.key is None:
-            why = "it uses a key and this listener has none (give both ends the same --key-file)"
-        elif hello is not None and not hello.keyed and self.options.key is not None:
-            why = "it has no key and this listener requires one (--key-file / SCTPBOND_KEY)"
-        elif reply.reason == "wrong key":
-            why = "it presented a wrong key"
-        else:
-            why = reply.reason
-        return why
+            self._reserved.discard(token)
+            self._registered.notify_all()
 
     def _end(self, error: SctpbondError) -> None:
-        """One-session mode: the listener ends with `error` without serving a session."""
+        """One-session mode: the listener ends with `error` without serving a session (a local failure)."""
         if self.keep_open:
             return
         with self._lock:
@@ -241,31 +216,48 @@ class Server:
                 self._fatal = error
         self._decided.set()
 
-    def _attach(self, channel: Channel, neg: Negotiated, *, endpoint: Endpoint | None = None,
-                info: SessionInfo | None = None) -> None:
-        if neg.kind == HelloKind.NEW:
-            assert endpoint is not None and info is not None
+    def _start_session(self, channel: Channel, neg: Negotiated) -> None:
+        """After READY: open where the stream goes (the -o file is created only now), make the session, serve it.
+        Whatever fails releases the slot, the token and the endpoint, and tells the peer (sealed, if keyed)."""
+        with self._lock:
+            self.started += 1
+            info = SessionInfo(self.started, channel.remote)
+        endpoint: Endpoint | None = None
+        try:
             session = Session(self.options.session, peer_window=neg.peer_window,
                               peer_max_chunk=neg.peer_max_chunk, now=time.monotonic())
+            endpoint = self.endpoints(info)
             runner = SessionRunner(session, source_fd=endpoint.source_fd, sink_fd=endpoint.sink_fd,
                                    config=self.options.runner, on_recv_done=endpoint.recv_done)
-            served = Served(info.number, info.peer, neg.token, runner, endpoint)
-            with self._lock:
-                self.sessions[neg.token] = served
-                self._reserved.discard(neg.token)
-                self._registered.notify_all()
-                self._claims -= 1
-                if not self.keep_open:
-                    self._first = served
-            where = f" ({endpoint.label})" if endpoint.label else ""
-            LOG.info(f"session {info.number} started by {channel.remote[0]} over {channel.transport}{where}")
-            runner.attach(neg.path_id, channel)
-            if self.keep_open:
-                threading.Thread(target=self._serve, args=(served,), name=f"session-{info.number}",
-                                 daemon=True).start()
-            else:
-                self._decided.set()  # run() serves it in the main thread (Ctrl-C then tells the peer)
+        except SctpbondError as exc:
+            self._unclaim(neg.token)
+            if endpoint is not None:
+                endpoint.stop()
+                endpoint.close(True)
+            try:
+                channel.send((encode(Abort(AbortCode.CANCELLED, str(exc))),))
+            except TransportError:
+                pass
+            self._reject(channel, f"session {info.number}: {exc}")
+            self._end(exc)
             return
+        served = Served(info.number, info.peer, neg.token, runner, endpoint)
+        with self._lock:
+            self.sessions[neg.token] = served
+            self._reserved.discard(neg.token)
+            self._registered.notify_all()
+            self._claims -= 1
+            if not self.keep_open:
+                self._first = served
+        where = f" ({endpoint.label})" if endpoint.label else ""
+        LOG.info(f"session {info.number} started by {channel.remote[0]} over {channel.transport}{where}")
+        runner.attach(neg.path_id, channel)
+        if self.keep_open:
+            threading.Thread(target=self._serve, args=(served,), name=f"session-{info.number}", daemon=True).start()
+        else:
+            self._decided.set()  # run() serves it in the main thread (Ctrl-C then tells the peer)
+
+    def _join(self, channel: Channel, neg: Negotiated) -> None:
         with self._lock:
             self._registered.wait_for(lambda: neg.token not in self._reserved, 5.0)
             joined = self.sessions.get(neg.token)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import abc
 import errno
 import socket
+import struct
 from collections.abc import Sequence
 
 from ..errors import AddressInUseError, ConnectError, TransportError, UsageError
+from ..proto.frames import SESSION, Expect
 
 Buffer = bytes | bytearray | memoryview
 
@@ -33,8 +35,10 @@ class Channel(abc.ABC):
         those over its data streams and keeps control frames on stream 0)."""
 
     @abc.abstractmethod
-    def recv(self) -> memoryview | None:
-        """Receive exactly one whole frame; None on an orderly end of stream at a frame boundary."""
+    def recv(self, expect: Expect = SESSION) -> memoryview | None:
+        """Receive exactly one whole frame of a type in `expect` (checked from its header, before the body is read
+        or allocated); None on an orderly end of stream at a frame boundary. RemoteProtocolError for a frame of
+        another type or length; TransportError for socket trouble, an end of stream inside a frame included."""
 
     @abc.abstractmethod
     def shutdown_write(self) -> None:
@@ -49,6 +53,11 @@ class Channel(abc.ABC):
 
     def set_timeout(self, seconds: float | None) -> None:  # noqa: B027 (a default: fakes have nothing to bound)
         """Bound blocking calls (None: block forever): handshakes are bounded, data threads block freely."""
+
+    def set_send_stall(self, seconds: float) -> None:  # noqa: B027 (a default: fakes never stall)
+        """After the handshake: a send that gets no byte accepted by the peer for `seconds` fails with
+        TransportError (a peer that never reads must not hold our sender, and its queue, for ever). A send
+        that makes progress, however slowly, is never cut."""
 
     def info(self) -> dict:
         """Transport-level details for --stats-json (SCTP: state, srtt, cwnd, rto)."""
@@ -74,8 +83,8 @@ class ChannelWrapper(Channel):
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         self.inner.send(parts, data)
 
-    def recv(self) -> memoryview | None:
-        return self.inner.recv()
+    def recv(self, expect: Expect = SESSION) -> memoryview | None:
+        return self.inner.recv(expect)
 
     def shutdown_write(self) -> None:
         self.inner.shutdown_write()
@@ -88,6 +97,9 @@ class ChannelWrapper(Channel):
 
     def set_timeout(self, seconds: float | None) -> None:
         self.inner.set_timeout(seconds)
+
+    def set_send_stall(self, seconds: float) -> None:
+        self.inner.set_send_stall(seconds)
 
     def info(self) -> dict:
         return self.inner.info()
@@ -103,6 +115,13 @@ class SocketChannel(Channel):
 
     def set_timeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds)
+
+    def set_send_stall(self, seconds: float) -> None:
+        # SO_SNDTIMEO bounds each blocking send's wait for buffer space: a send that moved no byte in that time
+        # returns EAGAIN (send_all then gives up), one that moved some returns its count and goes on.
+        usec = max(1, int(seconds * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", usec // 1_000_000,
+                                                                               usec % 1_000_000))
 
     def shutdown_write(self) -> None:
         try:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import sctp as pysctp  # pysctp
 
 from ..errors import ConnectError, RemoteProtocolError, TransportError
-from ..proto.frames import HEADER_SIZE, MAX_FRAME, parse_header
+from ..proto.frames import HEADER_SIZE, MAX_FRAME, SESSION, Expect, parse_header
 from .base import Buffer, SocketChannel, bind_error, connect_error
 from .base import Listener as ListenerBase  # this module exports its own Listener
 
@@ -219,13 +219,15 @@ class SctpChannel(SocketChannel):
         sid = next(self._data_streams) if data else 0
         info = SNDINFO.pack(sid, self._flags if data else 0, 0, 0, 0)
         try:
-            self.sock.sendmsg(parts, [(SOL_SCTP, SCTP_SNDINFO, info)])
+            self.sock.sendmsg(parts, [(SOL_SCTP, SCTP_SNDINFO, info)])  # one message: all of it or nothing
+        except BlockingIOError:
+            raise TransportError(f"{self.label}: the peer accepted no data for the send stall time") from None
         except OSError as exc:
             raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
 
-    def recv(self) -> memoryview | None:
+    def recv(self, expect: Expect = SESSION) -> memoryview | None:
         while True:
-            message = self._recv_message()
+            message = self._recv_message(expect)
             if message is None:
                 return None
             data, anc, flags = message
@@ -237,16 +239,16 @@ class SctpChannel(SocketChannel):
                     self.streams_seen[RCVINFO.unpack_from(raw)[0]] += 1
             return memoryview(data)
 
-    def _recv_message(self) -> tuple[bytes, list, int] | None:
+    def _recv_message(self, expect: Expect) -> tuple[bytes, list, int] | None:
         """One whole SCTP message as (bytes, ancillary data, flags); None when the peer closed. The frame header is
         peeked first, so garbage is refused before anything is allocated and the message is received into a
         buffer of its exact size. A message the kernel hands over in pieces (partial delivery) is joined."""
         head, _, flags = self._recvmsg(HEADER_SIZE, 0, socket.MSG_PEEK)
         if not head and not flags:
             return None
-        size = MAX_FRAME
-        if len(head) == HEADER_SIZE and not flags & MSG_NOTIFICATION:
-            size = HEADER_SIZE + parse_header(head)[1]
+        size = MAX_FRAME  # a notification (from our own kernel)
+        if not flags & MSG_NOTIFICATION:  # a peer's message: never more than its header allows, or than a header
+            size = HEADER_SIZE + parse_header(head, expect)[1] if len(head) == HEADER_SIZE else HEADER_SIZE
         pieces: list[bytes] = []
         ancillary: list = []
         got = 0

@@ -1,4 +1,5 @@
-"""A Channel wrapper that seals every frame after a keyed handshake (proto.crypto does the cryptography).
+"""A Channel wrapper that seals (or, with --no-encrypt, authenticates) every frame after a keyed handshake
+(proto.crypto does the cryptography).
 
 Transport-independent: TCP and SCTP channels are wrapped the same way, and the runtime above sees plain frames.
 """
@@ -10,25 +11,28 @@ import threading
 from collections.abc import Sequence
 
 from ..proto.crypto import Opener, Sealer
+from ..proto.frames import SESSION, Expect
 from .base import Buffer, Channel, ChannelWrapper
 
 
 class SealedChannel(ChannelWrapper):
-    def __init__(self, inner: Channel, send_key: bytes, recv_key: bytes) -> None:
+    def __init__(self, inner: Channel, send_key: bytes, recv_key: bytes, encrypt: bool = True) -> None:
         super().__init__(inner)
-        self._sealer, self._opener = Sealer(send_key), Opener(recv_key)
+        self._sealer, self._opener = Sealer(send_key, encrypt), Opener(recv_key, encrypt=encrypt)
         self._send_lock = threading.Lock()  # the sequence number and the send order must agree (TCP)
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         with self._send_lock:
             self.inner.send(self._sealer.seal(parts), data=data)
 
-    def recv(self) -> memoryview | None:
-        buf = self.inner.recv()
-        return None if buf is None else self._opener.open(buf)
+    def recv(self, expect: Expect = SESSION) -> memoryview | None:
+        buf = self.inner.recv(self._opener.expect)
+        return None if buf is None else self._opener.open(buf, expect)
 
     def info(self) -> dict:
-        return {**self.inner.info(), "encrypted": "aes-256-gcm"}
+        if self._sealer.encrypt:
+            return {**self.inner.info(), "encrypted": "aes-256-gcm"}
+        return {**self.inner.info(), "authenticated": "aes-256-gmac"}
 
 
 class FlipOnce(ChannelWrapper):
@@ -55,9 +59,9 @@ class FlipOnce(ChannelWrapper):
         self.inner.send(parts, data)
 
 
-def secure(channel: Channel, keys: tuple[bytes, bytes] | None) -> Channel:
-    """The channel to use after the handshake: sealed when keys were agreed."""
+def secure(channel: Channel, keys: tuple[bytes, bytes] | None, encrypt: bool = True) -> Channel:
+    """The channel to use after the handshake: sealed (or authenticated in clear) when keys were agreed."""
     flip = os.environ.get("SCTPBOND_TEST_FLIP_DATA")
     if flip:
         channel = FlipOnce(channel, int(flip))
-    return channel if keys is None else SealedChannel(channel, *keys)
+    return channel if keys is None else SealedChannel(channel, *keys, encrypt=encrypt)

@@ -11,8 +11,8 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from ..errors import RemoteProtocolError, TransportError
-from ..proto.frames import HEADER_SIZE, parse_header
+from ..errors import TransportError
+from ..proto.frames import HEADER_SIZE, SESSION, Expect, parse_header
 from .base import Buffer, SocketChannel, bind_error, connect_error
 from .base import Listener as ListenerBase  # this module exports its own Listener
 
@@ -33,16 +33,23 @@ class TcpChannel(SocketChannel):
         self.local = sock.getsockname()[:2]
         self.remote = sock.getpeername()[:2]
         self._header = bytearray(HEADER_SIZE)
+        self._stall = 0.0
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         try:
-            sent = self.sock.sendmsg(parts)
             total = sum(len(p) for p in parts)
-            if sent < total:  # interrupted or timed out half-way: finish the frame byte-exact
-                rest = b"".join(bytes(p) for p in parts)[sent:]
-                self.sock.sendall(rest)
+            sent = self.sock.sendmsg(parts)
+            while sent < total:  # the send stall timer or a signal cut it short: finish the frame byte-exact
+                parts, total = _after(parts, sent), total - sent
+                sent = self.sock.sendmsg(parts)
+        except BlockingIOError:
+            raise TransportError(f"{self.label}: the peer accepted no data for {self._stall:g} s") from None
         except OSError as exc:
             raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
+
+    def set_send_stall(self, seconds: float) -> None:
+        super().set_send_stall(seconds)
+        self._stall = seconds
 
     def rtt(self) -> float | None:
         try:
@@ -55,7 +62,8 @@ class TcpChannel(SocketChannel):
         return usec / 1e6 if usec else None
 
     def _recv_exact(self, view: memoryview) -> bool:
-        """Fill `view`; False if the stream ended before the first byte."""
+        """Fill `view`; False if the stream ended before the first byte. An end inside it is transport trouble
+        (the path fails and is re-dialled), like every other end of a connection that is not at a boundary."""
         got = 0
         while got < len(view):
             try:
@@ -69,18 +77,29 @@ class TcpChannel(SocketChannel):
             got += n
         return True
 
-    def recv(self) -> memoryview | None:
+    def recv(self, expect: Expect = SESSION) -> memoryview | None:
         header = memoryview(self._header)
         if not self._recv_exact(header):
             return None
-        _, length = parse_header(header)
+        _, length = parse_header(header, expect)  # before the body is allocated
         buf = bytearray(HEADER_SIZE + length)
         buf[:HEADER_SIZE] = header
         view = memoryview(buf)
         if length and not self._recv_exact(view[HEADER_SIZE:]):
-            raise RemoteProtocolError(f"{self.label} closed in the middle of a frame")
+            raise TransportError(f"{self.label} closed in the middle of a frame")
         return view
 
+
+def _after(parts: Sequence[Buffer], sent: int) -> list[Buffer]:
+    """What is left of `parts` once `sent` bytes of them went out (views, no copies)."""
+    rest: list[Buffer] = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        rest.append(memoryview(part)[sent:] if sent else part)
+        sent = 0
+    return rest
 
 
 def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 5.0) -> TcpChannel:

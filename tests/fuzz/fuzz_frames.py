@@ -6,11 +6,15 @@
 The first input byte picks the target (bits 0-1) and whether a key is set (bit 2); the rest is the byte stream:
 
     0  decode(bytes)                       1  FrameReader, fed in several chunkings and by want()
-    2  bytes -> FrameReader -> ServerHandshake                3  bytes -> FrameReader -> ClientHandshake
+    2  bytes -> ServerHandshake            3  bytes -> ClientHandshake
 
+The handshake targets read the stream as the transports do: an 8-byte header checked against the handshake's
+`expect` set, then exactly that frame, handed as raw bytes to receive_hello / receive_auth (listener) or
+receive_welcome / receive_ready (dialler).
 A target may return anything or raise a ProtocolError (SessionAborted only for a peer's ABORT frame); any other
-exception, a reader holding more than its caps, or two chunkings disagreeing is a crash that atheris reports
-(and saves as crash-<hash> under -artifact_prefix). tests/unit/test_fuzz.py runs this for a few seconds.
+exception, a reader holding more than its caps, two chunkings disagreeing, or a keyed handshake completing on
+random bytes is a crash that atheris reports (and saves as crash-<hash> under -artifact_prefix).
+tests/unit/test_fuzz.py runs this for a few seconds.
 SCTPBOND_FUZZ_SELFTEST=1 makes every decoded ABORT frame "crash", to prove the harness reports crashes.
 """
 
@@ -22,20 +26,25 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from sctpbond.errors import ProtocolError, SessionAborted
+    from sctpbond.errors import LocalProtocolError, ProtocolError, SessionAborted
     from sctpbond.proto.frames import (
         BODY_LIMITS,
+        DIALLER_WELCOME,
         HEADER_SIZE,
+        LISTENER_HELLO,
         MAX_FRAME,
         Abort,
+        AbortCode,
         FrameReader,
+        FrameType,
         HelloKind,
         decode,
         encode,
+        parse_header,
     )
     from sctpbond.proto.handshake import ClientHandshake, ServerHandshake
 
-KEY = b"atheris fuzzing key"
+KEY = b"atheris fuzzing key"  # at least 16 bytes, as the runtime requires
 TOKEN = bytes(range(16))
 SELFTEST = os.environ.get("SCTPBOND_FUZZ_SELFTEST") == "1"
 CHUNKINGS = (1, 7, 64, 4096)
@@ -71,23 +80,39 @@ def _read(data: bytes, step: int) -> tuple[list[bytes], str | None]:
     return [encode(f) for f in frames], None
 
 
-def _frames(data: bytes):
-    reader, out = FrameReader(), []
-    try:
-        for i in range(0, len(data), 64):
-            out += reader.feed(data[i : i + 64])
-            _bounds(reader)
-    except ProtocolError:
-        pass
-    _selftest(out)
-    return out
+def _handshake_frames(data: bytes, expect):
+    """Raw frames as a transport reads them before READY: each header checked against `expect()` (the phase
+    may change after each frame), then exactly the body it announced. Stops at the end or at a refused header."""
+    pos = 0
+    while len(data) - pos >= HEADER_SIZE:
+        phase = expect()
+        try:
+            kind, length = parse_header(data[pos : pos + HEADER_SIZE], phase)
+        except ProtocolError:
+            return
+        if kind not in phase or HEADER_SIZE + length > HEADER_SIZE + BODY_LIMITS[FrameType.WELCOME][1]:
+            raise AssertionError(f"{kind.name} frame of {length} bytes let through before READY")
+        raw = data[pos : pos + HEADER_SIZE + length]
+        if len(raw) < HEADER_SIZE + length:
+            return
+        pos += len(raw)
+        if kind == FrameType.ABORT:
+            _selftest([decode(raw)])
+        yield raw
 
 
-def _peer_error(exc: Exception, frame) -> None:
-    if not isinstance(exc, ProtocolError) and not (isinstance(exc, SessionAborted) and isinstance(frame, Abort)):
+def _peer_error(exc: Exception, raw: bytes) -> None:
+    from_peer = isinstance(exc, SessionAborted | ProtocolError) and exc.from_peer
+    if from_peer and raw[:1] != bytes([FrameType.ABORT]):
+        raise AssertionError("a peer's ABORT without an ABORT frame") from exc
+    if not from_peer and (not isinstance(exc, ProtocolError) or isinstance(exc, LocalProtocolError)):
         raise exc
     if not str(exc).isprintable():  # it becomes one log or error line
         raise AssertionError(f"unprintable error message {str(exc)!r}") from exc
+    if not from_peer:
+        AbortCode(exc.abort_code)  # a valid code to tell the peer
+        if not exc.peer_reason.isprintable():
+            raise AssertionError(f"unprintable reason for the peer {exc.peer_reason!r}") from exc
 
 
 def target_decode(data: bytes) -> None:
@@ -125,25 +150,35 @@ def target_reader(data: bytes) -> None:
 def target_server(data: bytes, key: bytes | None) -> None:
     hs = ServerHandshake(key=key, nonce=b"\x01" * 16, window=1 << 20, max_chunk=65536,
                          new_token=lambda: b"\x02" * 16, knows=lambda t: t == TOKEN)
-    for frame in _frames(data):
+    for raw in _handshake_frames(data, lambda: hs.expect):
         try:
-            hs.receive(frame)
+            if hs.expect == LISTENER_HELLO:
+                hs.receive_hello(raw)
+                hs.welcome()
+            else:
+                hs.receive_auth(raw)
+                hs.ready()
         except Exception as exc:
-            _peer_error(exc, frame)
-            if not isinstance(frame, Abort) and not isinstance(hs.reply, Abort):
-                raise AssertionError("a refused handshake has no ABORT to send") from exc  # noqa: TRY004
+            _peer_error(exc, raw)
+            return  # the runtime closes the connection after the ABORT
+    if key is not None and hs.result is not None:
+        raise AssertionError("a keyed listener accepted an AUTH nobody with the key made")
 
 
 def target_client(data: bytes, key: bytes | None) -> None:
     kind = HelloKind.JOIN if data[:1] and data[0] & 1 else HelloKind.NEW
     hs = ClientHandshake(key=key, kind=kind, token=TOKEN if kind == HelloKind.JOIN else bytes(16), path_id=3,
                          nonce=b"\x03" * 16, window=1 << 20, max_chunk=65536)
-    hs.start()
-    for frame in _frames(data):
+    hs.hello()
+    for raw in _handshake_frames(data, lambda: hs.expect):
         try:
-            hs.receive(frame)
-        except Exception as exc:  # noqa: BLE001
-            _peer_error(exc, frame)
+            if hs.expect == DIALLER_WELCOME:
+                hs.receive_welcome(raw)
+            else:
+                hs.receive_ready(raw)
+        except Exception as exc:
+            _peer_error(exc, raw)
+            return
     if key is not None and hs.result is not None:
         raise AssertionError("a keyed client finished a handshake nobody with the key answered")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -12,10 +13,44 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sctpbond.topology import Network
+from sctpbond.topology import NETNS_DIR, Network
 
 SCTPBOND = [sys.executable, "-m", "sctpbond"]
 PORT = 7300
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(net: Network, host: str) -> None:
+    """Move the calling thread into host's network namespace (for good: use a thread of its own)."""
+    fd = os.open(NETNS_DIR / net.ns(host), os.O_RDONLY)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def in_netns(net: Network, host: str, fn):
+    """Run fn() in a thread that has entered host's network namespace; what it creates stays there (a socket stays
+    in the namespace it was made in, so a test drives it from any thread)."""
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            enter_netns(net, host)
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name=f"netns-{host}")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]
 
 
 def sha256_file(path: Path) -> str:
@@ -24,6 +59,14 @@ def sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def write_key(path: Path, secret: str) -> Path:
+    """A key file as users must keep one: at least 16 bytes, readable by its owner only (mode 600)."""
+    assert len(secret.strip()) >= 16, "sctpbond refuses keys under 16 bytes"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def random_file(path: Path, size: int) -> Path:

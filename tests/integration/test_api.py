@@ -32,7 +32,7 @@ def serve_digest(port: int, result: dict, **settings) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("key", [None, "api-secret"], ids=["no-key", "encrypted"])
+@pytest.mark.parametrize("key", [None, "api-secret of 32 characters ..."], ids=["no-key", "encrypted"])
 def test_duplex_stream_over_two_paths(key):
     port, result = free_port(), {}
     server = serve_digest(port, result, key=key)
@@ -56,11 +56,24 @@ def test_connection_refused_raises_a_sctpbond_error():
             stream.write(b"x" * 100)
 
 
-def test_wrong_key_raises_on_both_sides():
+def test_wrong_key_raises_and_the_listener_keeps_waiting():
+    """A wrong key raises on the client; the one-session listener refuses it and goes on to serve the real peer."""
     port, result = free_port(), {}
-    server = serve_digest(port, result, key="right")
+    right = "the right key, 16+ bytes"
+    server = serve_digest(port, result, key=right)
     with pytest.raises(sctpbond.SctpbondError, match="authentication failed"):
-        with sctpbond.connect(["127.0.0.1"], port=port, transport="tcp", key="wrong") as stream:
+        with sctpbond.connect(["127.0.0.1"], port=port, transport="tcp", key="a wrong key, 16+ bytes") as stream:
             stream.write(b"x" * 100)
+    with sctpbond.connect(["127.0.0.1"], port=port, transport="tcp", key=right) as stream:
+        stream.write(b"y" * 100)
+        stream.close_write()
+        reply = stream.read()
     server.join(30)
-    assert isinstance(result.get("error"), sctpbond.SctpbondError), result
+    assert "error" not in result, result.get("error")
+    assert reply == hashlib.sha256(b"y" * 100).digest()
+
+
+def test_short_key_is_a_usage_error():
+    with pytest.raises(sctpbond.SctpbondError, match="at least 16"):
+        with sctpbond.connect(["127.0.0.1"], port=free_port(), transport="tcp", key="short") as stream:
+            stream.write(b"x")

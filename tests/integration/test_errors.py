@@ -11,7 +11,7 @@ import pytest
 
 from sctpbond.transport import sctp_support
 
-from .harness import SCTPBOND, free_port, random_file, sha256_file, wait_for_bytes, wait_port
+from .harness import SCTPBOND, free_port, random_file, sha256_file, wait_for_bytes, wait_port, write_key
 
 
 def run(args, timeout=30, **kw) -> subprocess.CompletedProcess:
@@ -121,13 +121,12 @@ def _client(port: int, key_file, data) -> subprocess.CompletedProcess:
 
 
 def test_wrong_key_is_refused_then_right_key_transfers(tmp_path):
-    """With --keep-open a wrong key is one log line and the listener goes on (a one-session listener ends with
-    exit 1 instead: tests/integration/test_keep_open.py)."""
+    """With --keep-open a wrong key is one log line and the listener goes on (as a one-session listener does:
+    tests/integration/test_keep_open.py)."""
     port = free_port()
     data = random_file(tmp_path / "data", 3 << 20)
-    good, bad = tmp_path / "good.key", tmp_path / "bad.key"
-    good.write_text("correct horse battery staple\n")
-    bad.write_text("incorrect horse\n")
+    good = write_key(tmp_path / "good.key", "correct horse battery staple")
+    bad = write_key(tmp_path / "bad.key", "incorrect horse battery staple")
     lst = _listener(port, tmp_path / "out-{n}", key_env="correct horse battery staple", extra=["--keep-open"])
     try:
         wait_port(port)
@@ -154,8 +153,7 @@ def test_wrong_key_is_refused_then_right_key_transfers(tmp_path):
 
 def test_key_on_client_only_is_refused(tmp_path):
     port = free_port()
-    key = tmp_path / "k"
-    key.write_text("secret")
+    key = write_key(tmp_path / "k", "a secret of sixteen bytes or more")
     lst = _listener(port, tmp_path / "out", key_env=None)
     try:
         wait_port(port)

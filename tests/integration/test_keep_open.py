@@ -1,5 +1,6 @@
 """`listen --keep-open`: many sessions, several at once, each isolated; one failing never disturbs another.
-And the one-session default: a wrong key ends the listener with exit 1 before anything is written."""
+And the one-session default: a wrong key is refused in one line, nothing is written, and the listener keeps
+waiting for its real peer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from .harness import PORT, SCTPBOND, free_port, random_file, sha256_file, stop, wait_for_text, wait_listening, wait_port
+from .harness import (
+    PORT,
+    SCTPBOND,
+    free_port,
+    random_file,
+    sha256_file,
+    stop,
+    wait_for_text,
+    wait_listening,
+    wait_port,
+    write_key,
+)
 
 pytestmark = pytest.mark.netns
 MiB = 1 << 20
@@ -89,9 +101,8 @@ def test_keep_open_files_per_session_and_a_wrong_key_in_between(netns_topology, 
     """-o with {n}: one file per session; a wrong key and garbage are logged in one line each, the listener goes
     on, and no file is created for them."""
     net = netns_topology("2x200")
-    key, bad = tmp_path / "key", tmp_path / "bad"
-    key.write_text("the right key\n")
-    bad.write_text("a wrong key\n")
+    key = write_key(tmp_path / "key", "the right key of this test")
+    bad = write_key(tmp_path / "bad", "a wrong key for the same test")
     lerr_path = tmp_path / "listen.err"
     outdir = tmp_path / "recv"
     outdir.mkdir()
@@ -162,13 +173,19 @@ def test_max_sessions_refuses_more_and_frees_the_slot(tmp_path):
         stop(holder, feeder, lst)
 
 
-# -- one-session mode: a wrong key ends the listener, nothing is written -------------------------------------------
+# -- one-session mode: a wrong key is refused, the listener keeps waiting, nothing is written -----------------------
+RIGHT, WRONG = "the right key of this test", "a wrong key for the same test"
+
+
 @pytest.mark.parametrize("listener_key, client_key, listener_says, client_says", [
-    ("right", "wrong", "does not have the same key", "does not have the same key"),
-    ("right", None, "it has no key and this listener requires one", "requires a key"),
-    (None, "wrong", "it uses a key and this listener has none", "the listener has no key"),
+    (RIGHT, WRONG, "presented a wrong key", "does not have the same key"),
+    (RIGHT, None, "the listener requires a key", "requires a key"),
+    (None, WRONG, "the listener has no key", "the listener has no key"),
 ])
-def test_wrong_key_ends_a_one_session_listener(tmp_path, listener_key, client_key, listener_says, client_says):
+def test_wrong_key_is_refused_and_a_one_session_listener_keeps_waiting(tmp_path, listener_key, client_key,
+                                                                        listener_says, client_says):
+    """A stranger's failed handshake must not end a one-shot listener (anyone who reaches the port could): one
+    log line, no output file, and the real peer is served afterwards."""
     port = free_port()
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "SCTPBOND_KEY"}
@@ -179,26 +196,33 @@ def test_wrong_key_ends_a_one_session_listener(tmp_path, listener_key, client_ke
     try:
         wait_port(port)
         data = random_file(tmp_path / "data", 1 * MiB)
-        args = ["connect", "-t", "tcp", "-p", str(port), "-i", str(data), "-o", str(tmp_path / "back"), "127.0.0.1"]
-        if client_key:
-            (tmp_path / "key").write_text(client_key)
-            args += ["--key-file", str(tmp_path / "key")]
-        client = subprocess.run(SCTPBOND + args, capture_output=True, text=True, timeout=30, env=env,
-                                stdin=subprocess.DEVNULL)
+
+        def client(key: str | None) -> subprocess.CompletedProcess:
+            args = ["connect", "-t", "tcp", "-p", str(port), "-i", str(data), "-o", str(tmp_path / "back"),
+                    "127.0.0.1"]
+            if key:
+                args += ["--key-file", str(write_key(tmp_path / "key", key))]
+            return subprocess.run(SCTPBOND + args, capture_output=True, text=True, timeout=30, env=env,
+                                  stdin=subprocess.DEVNULL)
+
+        wrong = client(client_key)
+        assert not out.exists(), "the output file must not be created before a peer has authenticated"
+        assert lst.poll() is None, "a failed authentication must not end a one-session listener"
+        real = client(listener_key)
         lout, lerr = lst.communicate(timeout=15)
     finally:
         stop(lst)
-    assert client.returncode == 1, client.stderr
-    assert lst.returncode == 1, lerr
-    for err, needle in ((client.stderr, client_says), (lerr, listener_says)):
-        lines = err.strip().splitlines()
-        assert "Traceback" not in err, err
-        assert lines[-1].startswith("sctpbond: error: "), err
-        assert needle in lines[-1], err
-    assert len(lerr.strip().splitlines()) <= 2, lerr  # (a "kernel SCTP not available" notice may come first)
-    assert not out.exists(), "the output file must not be created before a peer has authenticated"
+    assert wrong.returncode == 1, wrong.stderr
+    lines = wrong.stderr.strip().splitlines()
+    assert "Traceback" not in wrong.stderr and lines[-1].startswith("sctpbond: error: "), wrong.stderr
+    assert client_says in lines[-1], wrong.stderr
+    assert real.returncode == 0, real.stderr
+    assert lst.returncode == 0, lerr
+    assert "Traceback" not in lerr, lerr
+    refusals = [line for line in lerr.splitlines() if "rejected connection from 127.0.0.1" in line]
+    assert len(refusals) == 1 and listener_says in refusals[0], lerr
+    assert sha256_file(out) == sha256_file(data)
     assert lout == ""
-    assert not (tmp_path / "back").exists() or (tmp_path / "back").stat().st_size == 0
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -1,8 +1,9 @@
-"""Wire codec: golden bytes for every frame type, header validation, stream reassembly, fuzzing.
+"""Wire codec (version 2): golden bytes for every frame type, header validation against the phase's expected
+frames, the peer parameter limits, stream reassembly, fuzzing.
 
-The golden fixtures are written by hand from the struct layouts documented in sctpbond/proto/frames.py (header
-`type u8 | flags u8 | reserved u16 | body length u32`, network byte order), never produced by `encode`, so a
-change of the wire format shows up here as a failing byte comparison.
+The golden fixtures are written by hand from docs/wire-format.md (header `type u8 | flags u8 | reserved u16 |
+body length u32`, network byte order), never produced by `encode`, so a change of the wire format shows up here
+as a failing byte comparison. SEALED and AUTHED frames have their golden bytes in test_crypto.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from hypothesis import strategies as st
 from sctpbond.errors import LocalProtocolError, RemoteProtocolError
 from sctpbond.proto import frames
 from sctpbond.proto.frames import (
+    ANY,
+    DIALLER_READY,
+    DIALLER_WELCOME,
+    DIGEST_SIZE,
     HEADER_SIZE,
+    LISTENER_AUTH,
+    LISTENER_HELLO,
     MAX_ADDRS,
-    MAX_DIGEST,
     MAX_PATH_COUNTERS,
     MAX_PAYLOAD,
     MAX_REASON,
+    SESSION,
     Abort,
     AbortCode,
     Ack,
@@ -34,11 +41,14 @@ from sctpbond.proto.frames import (
     Pong,
     Ready,
     Welcome,
+    check_params,
     data_prefix,
     decode,
     encode,
+    encode_parts,
     iter_frames,
     parse_header,
+    split_frame,
 )
 
 
@@ -50,6 +60,7 @@ def h(text: str) -> bytes:
 TOKEN = bytes(range(16))  # 000102..0f
 NONCE = b"\xaa" * 16
 MAC = b"\x33" * 32
+DIGEST = bytes(range(0xD0, 0xE0))  # d0d1..df
 
 # (frame, exact wire bytes). Each line of hex is one field of the layout.
 GOLDEN: list[tuple[str, object, bytes]] = [
@@ -59,7 +70,7 @@ GOLDEN: list[tuple[str, object, bytes]] = [
         h(
             "01 00 0000 00000038"  # HELLO, body 56
             "53435442"  # magic SCTB
-            "01"  # version
+            "02"  # version 2
             "00"  # kind NEW
             "0000"  # flags
             "0000"  # path id
@@ -75,7 +86,7 @@ GOLDEN: list[tuple[str, object, bytes]] = [
         Hello(HelloKind.JOIN, 3, TOKEN, NONCE, window=0x0102030405060708, max_chunk=0xFFFFFFFF, keyed=True),
         h(
             "01 00 0000 00000038"
-            "53435442 01"
+            "53435442 02"
             "01"  # JOIN
             "0001"  # HELLO_FLAG_KEYED
             "0003"  # path id 3
@@ -87,28 +98,42 @@ GOLDEN: list[tuple[str, object, bytes]] = [
         ),
     ),
     (
+        "hello-keyed-encrypt",
+        Hello(HelloKind.NEW, 63, bytes(16), NONCE, window=1 << 32, max_chunk=1 << 20, keyed=True, encrypt=True),
+        h(
+            "01 00 0000 00000038"
+            "53435442 02"
+            "00"  # NEW
+            "0003"  # HELLO_FLAG_KEYED | HELLO_FLAG_ENCRYPT
+            "003f"  # path id 63, the highest
+            "0000"
+            "00000000000000000000000000000000"
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            "0000000100000000"  # window 2**32
+            "00100000"  # max chunk 1 MiB
+        ),
+    ),
+    (
         "welcome-no-addresses",
         Welcome(b"\x11" * 16, b"\x22" * 16, window=1 << 26, max_chunk=65536),
         h(
-            "02 00 0000 0000004d"  # WELCOME, body 77
+            "02 00 0000 0000002d"  # WELCOME, body 45: no MAC in version 2
             "11111111111111111111111111111111"  # token
             "22222222222222222222222222222222"  # nonce
             "0000000004000000"  # window
             "00010000"  # max_chunk
-            "0000000000000000000000000000000000000000000000000000000000000000"  # mac (zeros: no key)
             "00"  # address count
         ),
     ),
     (
         "welcome-with-addresses",
-        Welcome(b"\x11" * 16, b"\x22" * 16, 1 << 26, 262144, MAC, ("10.0.0.1", "fd00::2")),
+        Welcome(b"\x11" * 16, b"\x22" * 16, 1 << 26, 262144, ("10.0.0.1", "fd00::2")),
         h(
-            "02 00 0000 0000006f"  # body 77 + 2 * 17 = 111
+            "02 00 0000 0000004f"  # body 45 + 2 * 17 = 79
             "11111111111111111111111111111111"
             "22222222222222222222222222222222"
             "0000000004000000"
             "00040000"
-            "3333333333333333333333333333333333333333333333333333333333333333"
             "02"
             "04 | 0a000001 000000000000000000000000"  # IPv4, padded to 16
             "06 | fd000000000000000000000000000002"  # IPv6
@@ -119,7 +144,16 @@ GOLDEN: list[tuple[str, object, bytes]] = [
         Auth(MAC),
         h("03 00 0000 00000020" "3333333333333333333333333333333333333333333333333333333333333333"),
     ),
-    ("ready", Ready(), h("04 00 0000 00000000")),
+    (
+        "ready-unkeyed",
+        Ready(),
+        h("04 00 0000 00000020" "0000000000000000000000000000000000000000000000000000000000000000"),
+    ),
+    (
+        "ready-keyed",
+        Ready(b"\x44" * 32),
+        h("04 00 0000 00000020" "4444444444444444444444444444444444444444444444444444444444444444"),
+    ),
     (
         "data",
         Data(0x0102030405060708, b"hello"),
@@ -143,11 +177,15 @@ GOLDEN: list[tuple[str, object, bytes]] = [
             "0002 0000000100000000"  # path 2: 2**32
         ),
     ),
-    ("fin-no-digest", Fin(5), h("12 00 0000 00000009" "0000000000000005" "00")),
     (
-        "fin-digest",
-        Fin(0xFFFFFFFFFFFFFFFF, b"\xde\xad\xbe\xef"),
-        h("12 00 0000 0000000d" "ffffffffffffffff" "04" "deadbeef"),
+        "fin",
+        Fin(5, DIGEST),
+        h("12 00 0000 00000018" "0000000000000005" "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"),  # total, digest: 24 bytes
+    ),
+    (
+        "fin-largest",
+        Fin(0xFFFFFFFFFFFFFFFF, b"\xff" * 16),
+        h("12 00 0000 00000018" "ffffffffffffffff" "ffffffffffffffffffffffffffffffff"),
     ),
     ("ping", Ping(0x1122334455667788), h("13 00 0000 00000008 1122334455667788")),
     ("pong", Pong(1), h("14 00 0000 00000008 0000000000000001")),
@@ -167,7 +205,14 @@ GOLDEN: list[tuple[str, object, bytes]] = [
 
 def test_golden_covers_every_frame_type() -> None:
     seen = {FrameType(wire[0]) for _, _, wire in GOLDEN}
-    assert seen == set(FrameType) - {FrameType.SEALED}  # sealed frames: golden bytes in test_crypto.py
+    # protected frames: golden bytes in test_crypto.py
+    assert seen == set(FrameType) - {FrameType.SEALED, FrameType.AUTHED}
+
+
+def test_version_is_2() -> None:
+    assert frames.VERSION == 2 and frames.MAGIC == b"SCTB"
+    assert frames.DIGEST_SIZE == 16 and frames.MAC_SIZE == 32 and frames.MAX_HELD_RANGES == 4096
+    assert not hasattr(frames, "MAX_DIGEST")  # FIN's digest has one fixed size now
 
 
 @pytest.mark.parametrize(("frame", "wire"), [(f, w) for _, f, w in GOLDEN], ids=[n for n, _, _ in GOLDEN])
@@ -188,6 +233,36 @@ def test_golden_header_agrees(frame, wire: bytes) -> None:
     kind, length = parse_header(wire[:HEADER_SIZE])
     assert kind == wire[0]
     assert length == len(wire) - HEADER_SIZE
+
+
+@pytest.mark.parametrize(("frame", "wire"), [(f, w) for _, f, w in GOLDEN], ids=[n for n, _, _ in GOLDEN])
+def test_golden_encode_parts(frame, wire: bytes) -> None:
+    parts = encode_parts(frame)
+    assert b"".join(bytes(p) for p in parts) == wire
+    assert len(parts) == (2 if isinstance(frame, Data) else 1)
+
+
+def test_encode_parts_never_copies_a_data_payload() -> None:
+    for payload in (b"hello", bytearray(b"x" * 5000), memoryview(b"abcdef")[1:4]):
+        parts = encode_parts(Data(42, payload))
+        assert parts[1] is payload  # handed to sendmsg as it is
+        assert bytes(parts[0]) == data_prefix(42, len(payload))
+        assert b"".join(bytes(p) for p in parts) == encode(Data(42, payload))
+    with pytest.raises(LocalProtocolError):
+        encode_parts(Data(0, b""))
+
+
+def test_split_frame_gives_the_body_as_a_view() -> None:
+    wire = bytearray(encode(Ping(9)))
+    kind, body = split_frame(wire)
+    assert kind == FrameType.PING and isinstance(body, memoryview) and bytes(body) == wire[8:]
+    wire[8] = 0x77  # a view, not a copy
+    assert body[0] == 0x77
+    for bad in (wire[:-1], wire + b"\0", wire[:7], b""):
+        with pytest.raises(RemoteProtocolError):
+            split_frame(bad)
+    with pytest.raises(RemoteProtocolError, match="expected"):
+        split_frame(wire, LISTENER_HELLO)
 
 
 def test_data_prefix_is_the_data_header() -> None:
@@ -223,12 +298,17 @@ def test_abort_reason_is_truncated_to_limit() -> None:
     "frame",
     [
         Ack(0, tuple((i, i) for i in range(MAX_PATH_COUNTERS + 1))),
-        Fin(0, b"x" * (MAX_DIGEST + 1)),
+        Fin(0, b"x" * (DIGEST_SIZE + 1)),
+        Fin(0, b"x" * (DIGEST_SIZE - 1)),
+        Fin(0, b""),
         Welcome(bytes(16), bytes(16), 1, 1, addresses=("10.0.0.1",) * (MAX_ADDRS + 1)),
+        Auth(b"\x01" * 31),
+        Ready(b"\x01" * 33),
         Data(0, b""),
         "not a frame",
     ],
-    ids=["ack-too-many-counters", "fin-digest-too-long", "welcome-too-many-addrs", "data-empty", "garbage"],
+    ids=["ack-too-many-counters", "fin-digest-too-long", "fin-digest-too-short", "fin-no-digest",
+         "welcome-too-many-addrs", "auth-short-mac", "ready-long-mac", "data-empty", "garbage"],
 )
 def test_encode_refuses_what_the_peer_would_reject(frame) -> None:
     with pytest.raises(LocalProtocolError):
@@ -238,12 +318,14 @@ def test_encode_refuses_what_the_peer_would_reject(frame) -> None:
 def test_largest_frames_round_trip() -> None:
     frames_ = [
         Ack(2**64 - 1, tuple((i, 2**64 - 1) for i in range(MAX_PATH_COUNTERS)), True),
-        Fin(2**64 - 1, b"d" * MAX_DIGEST),
-        Welcome(bytes(16), bytes(16), 2**64 - 1, 2**32 - 1, MAC, tuple(f"10.0.0.{i}" for i in range(MAX_ADDRS))),
+        Fin(2**64 - 1, b"d" * DIGEST_SIZE),
+        Welcome(bytes(16), bytes(16), 2**64 - 1, 2**32 - 1, tuple(f"10.0.0.{i}" for i in range(MAX_ADDRS))),
+        Ready(MAC),
         Data(2**64 - 1, b"\x5a" * MAX_PAYLOAD),
     ]
     for frame in frames_:
         assert decode(encode(frame)) == frame
+    assert len(encode(frames_[2])) == HEADER_SIZE + 45 + MAX_ADDRS * 17
 
 
 # -- header validation (from the 8 header bytes alone) ---------------------------------------------------------
@@ -259,17 +341,18 @@ def header(ftype: int, length: int, flags: int = 0, reserved: int = 0) -> bytes:
 # Limits written out independently of frames.BODY_LIMITS (min, max body length).
 EXPECTED_LIMITS = {
     FrameType.HELLO: (56, 56),
-    FrameType.WELCOME: (77, 77 + 16 * 17),
+    FrameType.WELCOME: (45, 45 + 16 * 17),  # no MAC since version 2
     FrameType.AUTH: (32, 32),
-    FrameType.READY: (0, 0),
+    FrameType.READY: (32, 32),  # mac_s since version 2
     FrameType.DATA: (9, 8 + (1 << 20)),
     FrameType.ACK: (10, 10 + 64 * 10),
-    FrameType.FIN: (9, 9 + 64),
+    FrameType.FIN: (24, 24),  # total u64 + XXH3-128 digest, mandatory
     FrameType.PING: (8, 8),
     FrameType.PONG: (8, 8),
     FrameType.ABORT: (2, 2 + 256),
     # seq u64 + inner frame (8-byte header at least, the largest plain frame at most) + 16-byte GCM tag
     FrameType.SEALED: (8 + 8 + 16, 8 + (8 + 8 + (1 << 20)) + 16),
+    FrameType.AUTHED: (8 + 8 + 16, 8 + (8 + 8 + (1 << 20)) + 16),  # the same layout, inner frame in clear
 }
 
 
@@ -296,7 +379,7 @@ def test_header_length_limits(kind: FrameType) -> None:
             decode(header(kind, length))
 
 
-@pytest.mark.parametrize("ftype", [0, 5, 15, 22, 255])
+@pytest.mark.parametrize("ftype", [0, 5, 15, 22, 31, 34, 255])
 def test_unknown_frame_type(ftype: int) -> None:
     with pytest.raises(RemoteProtocolError, match="unknown frame type"):
         parse_header(header(ftype, 0))
@@ -332,8 +415,9 @@ def test_hello_bad_magic() -> None:
         decode(wire)
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_hello_wrong_version(version: int) -> None:
+    """Version 1 peers are refused: their WELCOME/READY layouts and MACs differ."""
     wire = HELLO_WIRE[:12] + bytes([version]) + HELLO_WIRE[13:]
     with pytest.raises(RemoteProtocolError, match="version"):
         decode(wire)
@@ -343,6 +427,22 @@ def test_hello_unknown_kind() -> None:
     wire = HELLO_WIRE[:13] + b"\x02" + HELLO_WIRE[14:]
     with pytest.raises(RemoteProtocolError):
         decode(wire)
+
+
+@pytest.mark.parametrize("flags", [0x0002, 0x0004, 0x0007, 0x8000, 0xFFFF])
+def test_hello_invalid_flags(flags: int) -> None:
+    """Unknown bits, and encryption asked for without a key, are refused."""
+    wire = HELLO_WIRE[:14] + flags.to_bytes(2, "big") + HELLO_WIRE[16:]
+    with pytest.raises(RemoteProtocolError, match="flags"):
+        decode(wire)
+
+
+@pytest.mark.parametrize("flags", [0x0000, 0x0001, 0x0003])
+def test_hello_valid_flags(flags: int) -> None:
+    wire = HELLO_WIRE[:14] + flags.to_bytes(2, "big") + HELLO_WIRE[16:]
+    hello = decode(wire)
+    assert isinstance(hello, Hello) and hello.flags == flags
+    assert encode(hello) == wire
 
 
 def test_ack_counter_count_mismatch() -> None:
@@ -366,25 +466,145 @@ def test_welcome_address_count_mismatch() -> None:
         "02 00 0000 {len}"
         "11111111111111111111111111111111 22222222222222222222222222222222"
         "0000000004000000 00010000"
-        "0000000000000000000000000000000000000000000000000000000000000000"
     )
     one_addr = "04 0a000001 000000000000000000000000"
+    # the well-formed one first, so the cases below differ from it in one field only
+    assert decode(h(base.format(len="0000003e") + "01" + one_addr)).addresses == ("10.0.0.1",)
     # count 2, one address present
     with pytest.raises(RemoteProtocolError, match="length mismatch"):
-        decode(h(base.format(len="0000005e") + "02" + one_addr))
+        decode(h(base.format(len="0000003e") + "02" + one_addr))
     # count 0, one address present
     with pytest.raises(RemoteProtocolError, match="length mismatch"):
-        decode(h(base.format(len="0000005e") + "00" + one_addr))
+        decode(h(base.format(len="0000003e") + "00" + one_addr))
     # unknown address family
     with pytest.raises(RemoteProtocolError, match="family"):
-        decode(h(base.format(len="0000005e") + "01" + "05 0a000001 000000000000000000000000"))
+        decode(h(base.format(len="0000003e") + "01" + "05 0a000001 000000000000000000000000"))
+    # a version 1 WELCOME (77-byte body: a MAC between max chunk and the count) is a malformed version 2 one
+    with pytest.raises(RemoteProtocolError):
+        decode(h(base.format(len="0000004d") + "00" * 32 + "00"))
 
 
-def test_fin_digest_length_mismatch() -> None:
-    with pytest.raises(RemoteProtocolError, match="digest length"):
-        decode(h("12 00 0000 0000000b 0000000000000005 03 dead"))
-    with pytest.raises(RemoteProtocolError, match="digest length"):
-        decode(h("12 00 0000 0000000b 0000000000000005 01 dead"))
+def test_fin_has_a_fixed_size() -> None:
+    """Version 1 FINs (a digest length byte, 0..64 bytes of digest) are refused from the header alone."""
+    for length in (9, 13, 23, 25, 73):
+        with pytest.raises(RemoteProtocolError, match="FIN frame body"):
+            parse_header(h(f"12 00 0000 {length:08x}"))
+    assert decode(h("12 00 0000 00000018" "0000000000000005" + "ab" * 16)) == Fin(5, b"\xab" * 16)
+
+
+def test_protected_frames_without_a_key_are_refused() -> None:
+    """SEALED and AUTHED frames pass the header check (their limits are known) but only proto.crypto opens them."""
+    for kind in (FrameType.SEALED, FrameType.AUTHED):
+        wire = header(kind, 32) + bytes(32)
+        assert parse_header(wire[:HEADER_SIZE]) == (kind, 32)
+        with pytest.raises(RemoteProtocolError, match="without a key"):
+            decode(wire)
+        with pytest.raises(RemoteProtocolError, match="expected"):  # never part of a plain session
+            decode(wire, SESSION)
+
+
+# -- what each side reads in each phase (docs/wire-format.md, "What each side reads, by phase") -------------------
+
+PHASES = {
+    "listener-hello": (LISTENER_HELLO, {FrameType.HELLO}),
+    "listener-auth": (LISTENER_AUTH, {FrameType.AUTH, FrameType.ABORT}),
+    "dialler-welcome": (DIALLER_WELCOME, {FrameType.WELCOME, FrameType.ABORT}),
+    "dialler-ready": (DIALLER_READY, {FrameType.READY, FrameType.ABORT}),
+    "session": (SESSION, {FrameType.DATA, FrameType.ACK, FrameType.FIN, FrameType.PING, FrameType.PONG,
+                          FrameType.ABORT}),
+    "any": (ANY, set(FrameType)),
+}
+GOLDEN_BY_TYPE = {FrameType(w[0]): w for _, _, w in GOLDEN}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_phase_sets_match_the_spec(phase: str) -> None:
+    expect, documented = PHASES[phase]
+    assert expect == documented
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+@pytest.mark.parametrize("kind", list(FrameType), ids=[k.name for k in FrameType])
+def test_unexpected_frames_are_refused_from_the_header(phase: str, kind: FrameType) -> None:
+    expect, _ = PHASES[phase]
+    lo, hi = EXPECTED_LIMITS[kind]
+    if kind in expect:
+        assert parse_header(header(kind, hi), expect) == (kind, hi)
+        if kind in GOLDEN_BY_TYPE:
+            wire = GOLDEN_BY_TYPE[kind]
+            assert decode(wire, expect) == decode(wire)
+        return
+    for length in (lo, hi):
+        with pytest.raises(RemoteProtocolError, match="expected"):
+            parse_header(header(kind, length), expect)
+        with pytest.raises(RemoteProtocolError, match="expected"):
+            split_frame(header(kind, length) + bytes(length), expect)
+    if kind in GOLDEN_BY_TYPE:
+        with pytest.raises(RemoteProtocolError, match="expected"):
+            decode(GOLDEN_BY_TYPE[kind], expect)
+
+
+def test_expected_type_is_still_held_to_its_limits() -> None:
+    with pytest.raises(RemoteProtocolError, match="allowed 56..56"):
+        parse_header(header(FrameType.HELLO, 57), LISTENER_HELLO)
+    with pytest.raises(RemoteProtocolError, match="non-zero"):
+        parse_header(header(FrameType.AUTH, 32, flags=1), LISTENER_AUTH)
+    with pytest.raises(RemoteProtocolError, match="unknown frame type"):
+        parse_header(header(99, 8), SESSION)
+
+
+@pytest.mark.parametrize("phase", ["listener-hello", "listener-auth", "dialler-welcome", "dialler-ready"])
+def test_before_ready_no_peer_can_claim_a_big_frame(phase: str) -> None:
+    """During the handshake the largest frame a peer can make the other read is a full WELCOME (325 bytes)."""
+    expect, _ = PHASES[phase]
+    largest = max(EXPECTED_LIMITS[k][1] for k in expect)
+    assert HEADER_SIZE + largest <= HEADER_SIZE + 45 + 16 * 17
+    with pytest.raises(RemoteProtocolError):
+        parse_header(header(FrameType.DATA, MAX_PAYLOAD), expect)
+    with pytest.raises(RemoteProtocolError):
+        parse_header(header(FrameType.SEALED, EXPECTED_LIMITS[FrameType.SEALED][1]), expect)
+
+
+# -- peer parameters -------------------------------------------------------------------------------------------
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+@pytest.mark.parametrize(("window", "chunk"), [
+    (256 * KiB, 64 * KiB),  # the smallest chunk, the smallest window for it
+    (4 * MiB, MiB),  # the largest chunk, four of them
+    (1 << 32, 64 * KiB),  # the largest window
+    (1 << 32, MiB),
+    (64 * MiB, 256 * KiB),  # the defaults' neighbourhood
+])
+def test_check_params_accepts_the_limits(window: int, chunk: int) -> None:
+    check_params(window, chunk, "the peer")
+
+
+@pytest.mark.parametrize(("window", "chunk", "match"), [
+    (64 * MiB, 0, "max chunk of 0"),
+    (64 * MiB, 1, "max chunk of 1 "),
+    (64 * MiB, 64 * KiB - 1, "max chunk"),
+    (64 * MiB, MiB + 1, "max chunk"),
+    (64 * MiB, 2 * MiB, "max chunk"),
+    (64 * MiB, (1 << 32) - 1, "max chunk"),
+    (0, 64 * KiB, "window of 0"),
+    (256 * KiB - 1, 64 * KiB, "window"),  # fewer than four chunks
+    (4 * MiB - 1, MiB, "window"),
+    (3 * 64 * KiB, 64 * KiB, "window"),
+    ((1 << 32) + 1, 64 * KiB, "window"),
+    ((1 << 64) - 1, MiB, "window"),
+])
+def test_check_params_refuses(window: int, chunk: int, match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match) as info:
+        check_params(window, chunk, "the listener")
+    assert str(info.value).startswith("the listener ")  # says whose parameters are wrong
+    assert info.value.abort_code == AbortCode.PROTOCOL
+
+
+def test_param_limits_are_the_documented_ones() -> None:
+    assert (frames.MIN_CHUNK, frames.MAX_CHUNK) == (64 * KiB, MiB)
+    assert (frames.MIN_WINDOW_CHUNKS, frames.MAX_WINDOW) == (4, 1 << 32)
 
 
 # -- FrameReader -------------------------------------------------------------------------------------------------
@@ -398,17 +618,19 @@ u32 = st.integers(0, 2**32 - 1)
 u16 = st.integers(0, 2**16 - 1)
 b16 = st.binary(min_size=16, max_size=16)
 
+b32 = st.binary(min_size=32, max_size=32)
+
 any_frame = st.one_of(
-    st.builds(Hello, st.sampled_from(HelloKind), u16, b16, b16, u64, u32, st.booleans()),
-    st.builds(
-        Welcome, b16, b16, u64, u32, st.binary(min_size=32, max_size=32),
-        st.lists(addresses, max_size=MAX_ADDRS).map(tuple),
-    ),
-    st.builds(Auth, st.binary(min_size=32, max_size=32)),
-    st.just(Ready()),
+    # flags: none, keyed, or keyed and asking for encryption (encryption without a key is not a valid HELLO)
+    st.builds(lambda kind, pid, token, nonce, window, chunk, level: Hello(
+        kind, pid, token, nonce, window, chunk, keyed=level > 0, encrypt=level > 1),
+        st.sampled_from(HelloKind), u16, b16, b16, u64, u32, st.integers(0, 2)),
+    st.builds(Welcome, b16, b16, u64, u32, st.lists(addresses, max_size=MAX_ADDRS).map(tuple)),
+    st.builds(Auth, b32),
+    st.builds(Ready, b32),
     st.builds(Data, u64, st.binary(min_size=1, max_size=300)),
     st.builds(Ack, u64, st.lists(st.tuples(u16, u64), max_size=MAX_PATH_COUNTERS).map(tuple), st.booleans()),
-    st.builds(Fin, u64, st.binary(max_size=MAX_DIGEST)),
+    st.builds(Fin, u64, st.binary(min_size=DIGEST_SIZE, max_size=DIGEST_SIZE)),
     st.builds(Ping, u64),
     st.builds(Pong, u64),
     st.builds(Abort, st.sampled_from(AbortCode), st.text(max_size=40)),
@@ -471,8 +693,11 @@ def test_want_semantics() -> None:
     assert reader.want() == 2
     assert reader.feed(wire[20:]) == [Data(42, b"abcdef")]
     assert reader.want() == HEADER_SIZE and reader.at_boundary()
-    # an empty-body frame completes with its header
-    assert reader.feed(encode(Ready())) == [Ready()]
+    # no frame type has an empty body any more (READY carries mac_s): every frame takes a header and a body read
+    assert min(lo for lo, _ in EXPECTED_LIMITS.values()) > 0
+    assert reader.feed(encode(Ready())[:HEADER_SIZE]) == []
+    assert reader.want() == 32
+    assert reader.feed(encode(Ready())[HEADER_SIZE:]) == [Ready()]
     assert reader.want() == HEADER_SIZE
     assert reader.feed(b"") == []
 

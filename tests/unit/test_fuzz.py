@@ -8,7 +8,9 @@ instead (it is the peer saying why it stopped, not a protocol violation).
 
 Three kinds of input: arbitrary bytes, valid frames of every type mutated byte-wise (flip, set, insert, delete,
 truncate, duplicate), and handshake-shaped frame sequences in which the strategy sometimes computes the correct
-HMAC, so the fuzzer also walks the successful paths and can check that READY/AUTH never follow a wrong MAC.
+transcript HMAC, so the fuzzer also walks the successful paths and can check that READY and a Negotiated result
+never follow a wrong MAC. The handshake objects are fed raw frame bytes through their receive_* methods, each
+read limited to the phase's `expect` set, as the transports do.
 Runs are bounded (max_examples, no deadline); the atheris harness in tests/fuzz/ runs here for a few seconds.
 """
 
@@ -23,22 +25,27 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sctpbond.errors import (
     AuthError,
+    LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     SessionAborted,
 )
 from sctpbond.proto.frames import (
     BODY_LIMITS,
+    DIALLER_READY,
+    DIALLER_WELCOME,
+    DIGEST_SIZE,
     HEADER,
     HEADER_SIZE,
+    LISTENER_AUTH,
+    LISTENER_HELLO,
     MAC_SIZE,
     MAX_ADDRS,
-    MAX_DIGEST,
     MAX_FRAME,
     MAX_PATH_COUNTERS,
     MAX_PAYLOAD,
@@ -58,14 +65,15 @@ from sctpbond.proto.frames import (
     Pong,
     Ready,
     Welcome,
+    check_params,
     decode,
     encode,
     parse_header,
 )
-from sctpbond.proto.handshake import ClientHandshake, ServerHandshake, proof
+from sctpbond.proto.handshake import ClientHandshake, ServerHandshake, mac, path_keys
 
 REPO = Path(__file__).resolve().parents[2]
-KEY = b"fuzzing key \x00\xff with odd bytes"
+KEY = b"fuzzing key \x00\xff with odd bytes"  # at least 16 bytes, as the runtime requires
 KNOWN_TOKEN = bytes.fromhex("5a" * 16)
 SERVER_NONCE = bytes(range(100, 116))
 CLIENT_NONCE = bytes(range(200, 216))
@@ -95,12 +103,12 @@ hellos = st.builds(lambda kind, pid, token, nonce, window, chunk, level: Hello(
     st.sampled_from(HelloKind), u16, b16, b16, u64, u32, st.integers(0, 2))
 any_frame = st.one_of(
     hellos,
-    st.builds(Welcome, b16, b16, u64, u32, b32, st.lists(addresses, max_size=MAX_ADDRS).map(tuple)),
+    st.builds(Welcome, b16, b16, u64, u32, st.lists(addresses, max_size=MAX_ADDRS).map(tuple)),
     st.builds(Auth, b32),
-    st.just(Ready()),
+    st.builds(Ready, b32),
     st.builds(Data, u64, st.binary(min_size=1, max_size=200)),
     st.builds(Ack, u64, st.lists(st.tuples(u16, u64), max_size=MAX_PATH_COUNTERS).map(tuple), st.booleans()),
-    st.builds(Fin, u64, st.binary(max_size=MAX_DIGEST)),
+    st.builds(Fin, u64, st.binary(min_size=DIGEST_SIZE, max_size=DIGEST_SIZE)),
     st.builds(Ping, u64),
     st.builds(Pong, u64),
     st.builds(Abort, st.sampled_from(AbortCode), st.text(max_size=60)),
@@ -112,26 +120,29 @@ CORPUS: list[Frame] = [
     Hello(HelloKind.JOIN, 63, KNOWN_TOKEN, CLIENT_NONCE, 2**64 - 1, 2**32 - 1, keyed=True),
     Hello(HelloKind.NEW, 1, bytes(16), CLIENT_NONCE, 1, 1, keyed=True, encrypt=True),
     Welcome(ISSUED_TOKEN, SERVER_NONCE, 1 << 20, 65536),
-    Welcome(ISSUED_TOKEN, SERVER_NONCE, 1, 1, b"\x11" * 32,
+    Welcome(ISSUED_TOKEN, SERVER_NONCE, 1, 1,
             tuple(f"10.0.{i}.1" if i % 2 else f"fd00::{i + 1}" for i in range(MAX_ADDRS))),
     Auth(b"\x22" * 32),
     Ready(),
+    Ready(b"\x44" * 32),
     Data(0, b"x"),
     Data(2**64 - 4097, bytes(range(256)) * 16),
     Ack(0),
     Ack(2**64 - 1, tuple((i, 2**64 - 1 - i) for i in range(MAX_PATH_COUNTERS)), fin=True),
-    Fin(0),
-    Fin(12345, b"\xdd" * MAX_DIGEST),
+    Fin(0, bytes(DIGEST_SIZE)),
+    Fin(12345, b"\xdd" * DIGEST_SIZE),
     Ping(0),
     Pong(2**64 - 1),
     *(Abort(code, f"reason {code.name}") for code in AbortCode),
     Abort(AbortCode.PROTOCOL, "\u00e9" * (MAX_REASON // 2)),
 ]
-# The same as wire bytes, plus a SEALED frame (only the AEAD layer makes those; before a keyed handshake has
-# agreed on encryption, one is a protocol error): seq u64 | inner header + 8-byte body, "encrypted" | tag.
+# The same as wire bytes, plus a SEALED and an AUTHED frame (only the AEAD layer makes and opens those; outside
+# it one is a protocol error): seq u64 | inner header + 8-byte body, "encrypted" or in clear | tag.
 SEALED_WIRE = (HEADER.pack(FrameType.SEALED, 0, 0, 8 + 16 + 16) + (7).to_bytes(8, "big") + bytes(range(16))
                + b"\x5e" * 16)
-CORPUS_WIRES: list[bytes] = [encode(f) for f in CORPUS] + [SEALED_WIRE]
+AUTHED_WIRE = (HEADER.pack(FrameType.AUTHED, 0, 0, 8 + 16 + 16) + (8).to_bytes(8, "big") + encode(Ping(3))
+               + b"\x6f" * 16)
+CORPUS_WIRES: list[bytes] = [encode(f) for f in CORPUS] + [SEALED_WIRE, AUTHED_WIRE]
 
 
 def _mutate(wire: bytes, ops: list[tuple[int, int, int, bytes]]) -> bytes:
@@ -328,9 +339,10 @@ def test_every_frame_type_is_in_the_mutation_corpus() -> None:
     assert {wire[0] for wire in CORPUS_WIRES} == set(FrameType)
     for frame in CORPUS:
         assert decode(encode(frame)) == frame
-    assert parse_header(SEALED_WIRE[:HEADER_SIZE]) == (FrameType.SEALED, len(SEALED_WIRE) - HEADER_SIZE)
-    with pytest.raises(RemoteProtocolError):  # not before encryption was agreed
-        decode(SEALED_WIRE)
+    for wire in (SEALED_WIRE, AUTHED_WIRE):
+        assert parse_header(wire[:HEADER_SIZE]) == (FrameType(wire[0]), len(wire) - HEADER_SIZE)
+        with pytest.raises(RemoteProtocolError):  # only proto.crypto opens them, on a keyed path
+            decode(wire)
 
 
 @pytest.mark.parametrize("kind", list(FrameType))
@@ -366,7 +378,7 @@ def test_reader_buffer_cap_holds_for_the_largest_frames() -> None:
     sealed = HEADER.pack(FrameType.SEALED, 0, 0, hi) + b"\xcd" * hi
     assert len(sealed) == MAX_FRAME
     reader, peak = FrameReader(), 0
-    with pytest.raises(RemoteProtocolError, match="encrypted"):  # refused once whole: no encryption agreed here
+    with pytest.raises(RemoteProtocolError, match="without a key"):  # refused once whole: no key agreed here
         for i in range(0, len(sealed), step):
             reader.feed(sealed[i : i + step])
             _check_reader_bounds(reader)
@@ -375,6 +387,10 @@ def test_reader_buffer_cap_holds_for_the_largest_frames() -> None:
 
 
 # -- the handshake -------------------------------------------------------------------------------------------------
+
+CLIENT_ROLE, SERVER_ROLE = b"sctpbond v2 client", b"sctpbond v2 server"
+ADDRS = ("10.0.0.1",)
+
 
 class Registry:
     def __init__(self) -> None:
@@ -392,7 +408,7 @@ class Registry:
 def _server(key: bytes | None) -> tuple[ServerHandshake, Registry]:
     reg = Registry()
     return ServerHandshake(key=key, nonce=SERVER_NONCE, window=1 << 20, max_chunk=65536, new_token=reg.new_token,
-                           knows=reg.knows, addresses=("10.0.0.1",)), reg
+                           knows=reg.knows, addresses=ADDRS), reg
 
 
 def _client(key: bytes | None, kind: HelloKind, path_id: int) -> ClientHandshake:
@@ -401,13 +417,43 @@ def _client(key: bytes | None, kind: HelloKind, path_id: int) -> ClientHandshake
                            max_chunk=65536)
 
 
-def _check_error(exc: BaseException, frame: Frame) -> None:
-    """The only exceptions a handshake may raise on peer input."""
-    if isinstance(exc, SessionAborted):
-        assert isinstance(frame, Abort), f"SessionAborted on a {type(frame).__name__}"
+def _proof(key: bytes | None, role: bytes, transcript: bytes) -> bytes:
+    return mac(key, role, transcript) if key is not None else bytes(MAC_SIZE)
+
+
+def _kind_of(raw: bytes) -> FrameType | None:
+    try:
+        return FrameType(raw[0]) if raw else None
+    except ValueError:
+        return None
+
+
+def _check_error(exc: BaseException, raw: bytes) -> None:
+    """The only exceptions a handshake may raise on peer input, each saying what to tell the peer."""
+    if isinstance(exc, (AuthError, SessionAborted)) and exc.from_peer:
+        assert _kind_of(raw) == FrameType.ABORT, f"a peer's ABORT without an ABORT frame: {exc}"
+        assert str(exc) and str(exc).isprintable()
         return
     assert isinstance(exc, ProtocolError), f"{type(exc).__name__}: {exc}"
+    assert not isinstance(exc, LocalProtocolError), f"our own fault on peer input: {exc}"
     assert str(exc) and str(exc).isprintable()  # one log line, no terminal control
+    code = AbortCode(exc.abort_code)  # the ABORT to send back is always a valid one
+    assert exc.peer_reason and exc.peer_reason.isprintable()
+    if isinstance(exc, AuthError):
+        assert code in (AbortCode.AUTH, AbortCode.UNKNOWN_SESSION), code
+    else:
+        assert isinstance(exc, RemoteProtocolError) and code in (AbortCode.PROTOCOL, AbortCode.TOO_MANY_PATHS), code
+
+
+def _next_frame(buf: bytes, pos: int, expect) -> tuple[bytes | None, int]:
+    """The transports' way to read a handshake frame: the header against `expect` first, then exactly its body.
+    RemoteProtocolError from the header; (None, pos) when the stream ends before the frame does."""
+    if len(buf) - pos < HEADER_SIZE:
+        return None, pos
+    kind, length = parse_header(buf[pos : pos + HEADER_SIZE], expect)
+    assert kind in expect and length <= 45 + 17 * MAX_ADDRS  # never more than a full WELCOME before READY
+    end = pos + HEADER_SIZE + length
+    return (buf[pos:end], end) if end <= len(buf) else (None, pos)
 
 
 def test_peer_abort_reason_cannot_forge_log_lines() -> None:
@@ -420,208 +466,281 @@ def test_peer_abort_reason_cannot_forge_log_lines() -> None:
     assert isinstance(frame, Abort) and frame.reason.isprintable()
     assert frame.reason.startswith("x\ufffdsctpbond: rejected") and "\x1b" not in frame.reason
     assert Abort(AbortCode.PROTOCOL, "a\nb").reason == "a\ufffdb" and Abort(AbortCode.AUTH, "fine").reason == "fine"
-    server, _ = _server(None)
-    client = _client(None, HelloKind.NEW, 0)
-    client.start()
     for code in (AbortCode.AUTH, AbortCode.BUSY):
-        bad = decode(encode(Abort(code, evil)))
-        for side in (server, client):
+        bad = HEADER.pack(FrameType.ABORT, 0, 0, 2 + len(evil.encode())) + code.to_bytes(2, "big") + evil.encode()
+        server, _ = _server(None)
+        server.receive_hello(_client(None, HelloKind.NEW, 0).hello())
+        server.welcome()
+        ready_client = _client(None, HelloKind.NEW, 0)
+        ready_client.receive_welcome(_after_hello(ready_client, None))
+        welcome_client = _client(None, HelloKind.NEW, 0)
+        welcome_client.hello()
+        for receive in (server.receive_auth, welcome_client.receive_welcome, ready_client.receive_ready):
             with pytest.raises((AuthError, SessionAborted)) as info:
-                side.receive(bad)
+                receive(bad)
+            assert info.value.from_peer
             assert str(info.value).isprintable() and "\n" not in str(info.value)
 
 
-def _server_input(server: ServerHandshake, key: bytes | None):
-    """Frames a hostile or confused dialler might send next, sometimes carrying the right MAC."""
-    hello = server.hello
-    options = [any_frame]
-    if hello is None:
-        options.append(st.builds(Hello, st.sampled_from(HelloKind), st.sampled_from([0, 1, 63, 64, 65535]) | u16,
-                                 st.sampled_from([bytes(16), KNOWN_TOKEN, ISSUED_TOKEN]) | b16,
-                                 st.just(CLIENT_NONCE) | b16, u64, u32, keyed=st.booleans(), encrypt=st.booleans()))
-    else:
-        right = proof(key, b"client", hello.nonce, server.nonce, server.token, hello.path_id, hello.kind,
-                      hello.flags) if key else bytes(MAC_SIZE)
-        options.append(st.just(Auth(right)))
-        options.append(st.builds(lambda ops: Auth(_mutate(right, ops)[:MAC_SIZE].ljust(MAC_SIZE, b"\0")),
-                                 st.lists(mutation, min_size=1, max_size=2)))
-    return st.one_of(*options)
+def _after_hello(client: ClientHandshake, key: bytes | None) -> bytes:
+    """Send the client's HELLO to a fresh listener; return that listener's WELCOME."""
+    server, _ = _server(key)
+    server.receive_hello(client.hello())
+    return server.welcome()
+
+
+# (window, max chunk) pairs at and around the limits: 64 KiB..1 MiB chunks, windows of 4 chunks..4 GiB
+GOOD_PARAMS = [(1 << 18, 1 << 16), (1 << 20, 1 << 16), (1 << 32, 1 << 16), (4 << 20, 1 << 20), (1 << 32, 1 << 20)]
+BAD_PARAMS = [(0, 1 << 16), (1 << 20, 0), (1 << 20, 1), ((1 << 18) - 1, 1 << 16), ((1 << 32) + 1, 1 << 16),
+              (1 << 22, (1 << 20) + 1), (1 << 20, 1 << 20)]
+params = st.sampled_from(GOOD_PARAMS) | st.sampled_from(BAD_PARAMS) | st.tuples(u64, u32)
+
+
+def _hello_input(key: bytes | None):
+    """HELLOs a hostile or confused dialler might send: every kind, flag combination and parameter range, and
+    often one this listener accepts (so the fuzzer gets to the AUTH phase)."""
+    keyed = key is not None
+    plausible = st.builds(
+        lambda kind, pid, wc: Hello(kind, pid, KNOWN_TOKEN if kind == HelloKind.JOIN else bytes(16), CLIENT_NONCE,
+                                    *wc, keyed=keyed, encrypt=keyed),
+        st.sampled_from(HelloKind), st.sampled_from([0, 1, 63]), st.sampled_from(GOOD_PARAMS))
+    anything = st.builds(
+        lambda kind, pid, token, nonce, wc, keyed, encrypt: Hello(kind, pid, token, nonce, *wc, keyed=keyed,
+                                                                  encrypt=encrypt),
+        st.sampled_from(HelloKind), st.sampled_from([0, 1, 63, 64, 65535]) | u16,
+        st.sampled_from([bytes(16), KNOWN_TOKEN, ISSUED_TOKEN]) | b16, st.just(CLIENT_NONCE) | b16, params,
+        st.just(keyed) | st.booleans(), st.just(keyed) | st.booleans())
+    return (plausible | anything).map(encode)
+
+
+def _raw_input(extra):
+    """Raw frame bytes: the phase's plausible frames (most of the time), or anything else (any frame, mutated
+    frames, garbage)."""
+    return st.one_of(extra, extra, extra, any_frame.map(encode), mutated_frame, st.binary(max_size=80))
 
 
 @FUZZ
 @given(st.sampled_from([None, KEY]), st.data())
 def test_server_handshake_any_frame_sequence(key: bytes | None, data) -> None:
     server, reg = _server(key)
-    readies = 0
+    hello_raw = welcome_raw = b""
     for _ in range(data.draw(st.integers(1, 6), label="frames")):
-        frame = _over_the_wire(data.draw(_server_input(server, key), label="frame"))
-        if frame is None:
-            continue
-        hello_before = server.hello
-        try:
-            reply = server.receive(frame)
-        except Exception as exc:  # noqa: BLE001 - the point is to catch everything
-            _check_error(exc, frame)
-            if isinstance(frame, Abort):
+        if server.expect == LISTENER_HELLO:
+            raw = data.draw(_raw_input(_hello_input(key)), label="hello")
+            try:
+                hello = server.receive_hello(raw)
+            except Exception as exc:  # noqa: BLE001 - the point is to catch everything
+                _check_error(exc, raw)
+                assert server.hello is None and server.expect == LISTENER_HELLO
                 continue
-            # the runtime sends the reply before closing: it is always an ABORT saying why
-            assert isinstance(server.reply, Abort), server.reply
-            if isinstance(exc, AuthError):
-                assert server.reply.code in (AbortCode.AUTH, AbortCode.UNKNOWN_SESSION)
-            else:
-                assert server.reply.code == AbortCode.PROTOCOL
+            # accepted: a valid HELLO that fits this listener, and it may now say WELCOME
+            event("listener accepted a HELLO")
+            assert decode(raw) == hello and _kind_of(raw) == FrameType.HELLO
+            assert hello.keyed == (key is not None) and (hello.encrypt or key is None)
+            assert hello.path_id < 64
+            check_params(hello.window, hello.max_chunk, "fuzz")
+            hello_raw, welcome_raw = raw, server.welcome()
+            token = KNOWN_TOKEN if hello.kind == HelloKind.JOIN else ISSUED_TOKEN
+            assert hello.kind == HelloKind.NEW or reg.issued == []  # a JOIN only ever names a known session
+            # nothing in WELCOME depends on the key: exactly the fields, no MAC
+            assert welcome_raw == encode(Welcome(token, SERVER_NONCE, 1 << 20, 65536, ADDRS))
+            with pytest.raises(LocalProtocolError):
+                server.ready()
             continue
-        assert isinstance(frame, (Hello, Auth))
-        if isinstance(reply, Welcome):
-            assert isinstance(frame, Hello) and hello_before is None
-            assert frame.keyed == (key is not None)
-            assert frame.encrypt or key is None  # a keyed listener requires encryption by default
-            if frame.kind == HelloKind.JOIN:
-                assert reply.token == KNOWN_TOKEN  # a JOIN only ever gets the token it named, and only a known one
-            else:
-                assert reply.token == ISSUED_TOKEN and reg.issued
-            expected = proof(key, b"server", frame.nonce, SERVER_NONCE, reply.token, frame.path_id, frame.kind,
-                             frame.flags, reply.addresses) if key else bytes(MAC_SIZE)
-            assert reply.mac == expected
+        assert server.expect == LISTENER_AUTH
+        right = encode(Auth(_proof(key, CLIENT_ROLE, hello_raw + welcome_raw)))
+        wrong = st.builds(_mutate, st.just(right), st.lists(mutation, min_size=1, max_size=2))
+        raw = data.draw(_raw_input(st.just(right) | wrong), label="auth")
+        try:
+            result = server.receive_auth(raw)
+        except Exception as exc:  # noqa: BLE001
+            _check_error(exc, raw)
+            assert server.result is None
+            with pytest.raises(LocalProtocolError):  # no READY, no mac_s, after a refused AUTH
+                server.ready()
+            continue
+        # READY only ever follows the right proof for this very transcript
+        event("listener accepted an AUTH")
+        assert raw == right
+        assert server.ready() == encode(Ready(_proof(key, SERVER_ROLE, hello_raw + welcome_raw + raw)))
+        assert result.token == server.token and result is server.result
+        if key is not None:
+            h = decode(hello_raw)
+            c2s, s2c = path_keys(key, h.nonce, SERVER_NONCE, hello_raw + welcome_raw + raw)
+            assert result.keys == (s2c, c2s)
         else:
-            assert isinstance(reply, Ready) and isinstance(frame, Auth)
-            h = server.hello
-            assert h is not None
-            if key is not None:  # READY only ever follows the right proof for this very handshake
-                assert frame.mac == proof(key, b"client", h.nonce, SERVER_NONCE, server.token, h.path_id, h.kind,
-                                          h.flags)
-            assert server.result is not None and server.result.token == server.token
-            readies += 1
-    assert readies == 0 or server.result is not None
+            assert result.keys is None
+        break
 
 
-def _client_input(client: ClientHandshake, key: bytes | None):
-    options = [any_frame, st.just(Ready())]
+def _welcome_input(client: ClientHandshake):
     token = client.token if client.kind == HelloKind.JOIN else ISSUED_TOKEN
-
-    def welcome(snonce: bytes, tok: bytes, good: bool, ops) -> Welcome:
-        mac = proof(key, b"server", client.nonce, snonce, tok, client.path_id, client.kind,
-                    client.start().flags) if key else bytes(32)
-        if not good:
-            mac = _mutate(mac, ops)[:MAC_SIZE].ljust(MAC_SIZE, b"\0")
-        return Welcome(tok, snonce, 1 << 20, 4096, mac)
-
-    options.append(st.builds(welcome, st.just(SERVER_NONCE) | b16, st.just(token) | b16, st.booleans(),
-                             st.lists(mutation, min_size=1, max_size=2)))
-    return st.one_of(*options)
+    plausible = st.builds(lambda wc, addrs: Welcome(token, SERVER_NONCE, *wc, addrs), st.sampled_from(GOOD_PARAMS),
+                          st.lists(addresses, max_size=3).map(tuple))
+    anything = st.builds(lambda tok, nonce, wc, addrs: Welcome(tok, nonce, *wc, addrs), st.just(token) | b16,
+                         st.just(SERVER_NONCE) | b16, params, st.lists(addresses, max_size=MAX_ADDRS).map(tuple))
+    return (plausible | anything).map(encode)
 
 
 @FUZZ
 @given(st.sampled_from([None, KEY]), st.sampled_from(HelloKind), st.sampled_from([0, 5, 63]), st.data())
 def test_client_handshake_any_frame_sequence(key: bytes | None, kind: HelloKind, path_id: int, data) -> None:
     client = _client(key, kind, path_id)
-    hello = decode(encode(client.start()))
+    hello_raw = client.hello()
+    hello = decode(hello_raw)
     assert isinstance(hello, Hello) and hello.keyed == (key is not None)
-    accepted: Welcome | None = None
+    welcome_raw = auth_raw = b""
     for _ in range(data.draw(st.integers(1, 6), label="frames")):
-        frame = _over_the_wire(data.draw(_client_input(client, key), label="frame"))
-        if frame is None:
-            continue
-        try:
-            reply = client.receive(frame)
-        except Exception as exc:  # noqa: BLE001
-            _check_error(exc, frame)
-            continue
-        if isinstance(reply, Auth):  # the client answers only a WELCOME it verified
-            assert isinstance(frame, Welcome) and accepted is None
+        if client.expect == DIALLER_WELCOME:
+            raw = data.draw(_raw_input(_welcome_input(client)), label="welcome")
+            try:
+                auth_raw = client.receive_welcome(raw)
+            except Exception as exc:  # noqa: BLE001
+                _check_error(exc, raw)
+                assert client.expect == DIALLER_WELCOME  # nothing went out
+                continue
+            # the client answers only a WELCOME it can work with, and its proof is over the bytes it got
+            event("dialler accepted a WELCOME")
+            welcome = decode(raw)
+            assert isinstance(welcome, Welcome)
+            check_params(welcome.window, welcome.max_chunk, "fuzz")
             if kind == HelloKind.JOIN:
-                assert frame.token == KNOWN_TOKEN
-            if key is not None:
-                flags = hello.flags
-                assert frame.mac == proof(key, b"server", CLIENT_NONCE, frame.nonce, frame.token, path_id, kind, flags)
-                assert reply.mac == proof(key, b"client", CLIENT_NONCE, frame.nonce, frame.token, path_id, kind, flags)
-            else:
-                assert reply.mac == bytes(MAC_SIZE)
-            accepted = frame
-        else:
-            assert reply is None and isinstance(frame, Ready)
-            assert accepted is not None, "finished without an accepted WELCOME"
-            assert client.result is not None and client.result.token == accepted.token
-    if client.result is not None:
-        assert accepted is not None
+                assert welcome.token == KNOWN_TOKEN
+            welcome_raw = raw
+            assert auth_raw == encode(Auth(_proof(key, CLIENT_ROLE, hello_raw + welcome_raw)))
+            continue
+        assert client.expect == DIALLER_READY
+        right = encode(Ready(_proof(key, SERVER_ROLE, hello_raw + welcome_raw + auth_raw)))
+        wrong = st.builds(_mutate, st.just(right), st.lists(mutation, min_size=1, max_size=2))
+        raw = data.draw(_raw_input(st.just(right) | wrong), label="ready")
+        try:
+            result = client.receive_ready(raw)
+        except Exception as exc:  # noqa: BLE001
+            _check_error(exc, raw)
+            assert client.result is None
+            continue
+        assert raw == right, "finished without the listener's proof"
+        event("dialler accepted a READY")
+        welcome = decode(welcome_raw)
+        assert result is client.result and result.token == welcome.token
+        assert (result.peer_window, result.peer_max_chunk, result.peer_addresses) == (
+            welcome.window, welcome.max_chunk, welcome.addresses)
+        if key is not None:
+            assert result.keys == path_keys(key, CLIENT_NONCE, welcome.nonce, hello_raw + welcome_raw + auth_raw)
+        break
 
 
 @FUZZ_SMALL
-@given(st.sampled_from([None, KEY]), st.booleans(), garbage, st.lists(st.integers(1, 97), max_size=6))
-def test_byte_stream_into_server_handshake(key: bytes | None, after_hello: bool, blob: bytes, sizes: list[int]) -> None:
-    """The runtime's pipeline: bytes -> FrameReader -> ServerHandshake, fresh or after a valid HELLO."""
+@given(st.sampled_from([None, KEY]), st.booleans(), garbage)
+def test_byte_stream_into_server_handshake(key: bytes | None, after_hello: bool, blob: bytes) -> None:
+    """The runtime's pipeline: bytes -> header checked against `expect` -> exactly one frame -> ServerHandshake,
+    fresh or after a valid HELLO. Random bytes never complete a keyed handshake."""
     server, _ = _server(key)
     if after_hello:
         hello = Hello(HelloKind.NEW, 1, bytes(16), CLIENT_NONCE, 1 << 20, 65536, keyed=key is not None,
                       encrypt=key is not None)
-        assert isinstance(server.receive(decode(encode(hello))), Welcome)
-    reader = FrameReader()
-    pos, i = 0, 0
-    while pos < len(blob):
-        n = sizes[i % len(sizes)] if sizes else len(blob)
-        i += 1
+        server.receive_hello(encode(hello))
+        server.welcome()
+    pos = 0
+    while True:
+        expect = server.expect
         try:
-            frames = reader.feed(blob[pos : pos + n])
+            raw, pos = _next_frame(blob, pos, expect)
         except ProtocolError as exc:
             assert isinstance(exc, RemoteProtocolError)
             break
-        finally:
-            _check_reader_bounds(reader)
-        pos += n
-        for frame in frames:
-            try:
-                reply = server.receive(frame)
-            except Exception as exc:  # noqa: BLE001
-                _check_error(exc, frame)
+        if raw is None:
+            break
+        try:
+            if expect == LISTENER_HELLO:
+                server.receive_hello(raw)
+                server.welcome()
             else:
-                assert isinstance(reply, (Welcome, Ready))
-                if isinstance(reply, Ready) and key is not None:  # random bytes never carry the right proof
-                    h = server.hello
-                    assert frame.mac == proof(key, b"client", h.nonce, SERVER_NONCE, server.token, h.path_id, h.kind,
-                                              h.flags)
+                server.receive_auth(raw)
+                server.ready()
+                assert key is None, "random bytes carried the right MAC"
+                break
+        except Exception as exc:  # noqa: BLE001
+            _check_error(exc, raw)
+            break  # the runtime closes the connection on the first refusal
 
 
 @FUZZ_SMALL
-@given(st.lists(mutation, min_size=1, max_size=3))
-def test_mutated_handshake_frames_never_authenticate(ops) -> None:
-    """Mutate a genuine keyed handshake frame in flight: the MAC-covered fields cannot change undetected."""
-    client = _client(KEY, HelloKind.JOIN, 7)
-    server, _ = _server(KEY)
-    hello_wire = encode(client.start())
-    welcome_wire = encode(server.receive(decode(hello_wire)))
-    auth_wire = encode(client.receive(decode(welcome_wire)))
-    for wire, target in ((hello_wire, "server"), (welcome_wire, "client"), (auth_wire, "server")):
-        bad = _mutate(wire, ops)
-        if bad == wire:
-            continue
+@given(st.sampled_from([None, KEY]), st.sampled_from(HelloKind), garbage)
+def test_byte_stream_into_client_handshake(key: bytes | None, kind: HelloKind, blob: bytes) -> None:
+    client = _client(key, kind, 3)
+    client.hello()
+    pos = 0
+    while True:
+        expect = client.expect
         try:
-            mutated = decode(bad)
-        except ProtocolError:
-            continue
-        if target == "client":
-            fresh = _client(KEY, HelloKind.JOIN, 7)
-            fresh.start()
-            try:
-                reply = fresh.receive(mutated)
-            except Exception as exc:  # noqa: BLE001
-                _check_error(exc, mutated)
-                continue
-            w = decode(welcome_wire)
-            assert isinstance(mutated, Welcome) and isinstance(reply, Auth)
-            # only fields outside the MAC (window, max chunk, address list) can differ and still be accepted
-            assert (mutated.token, mutated.nonce, mutated.mac) == (w.token, w.nonce, w.mac)
+            raw, pos = _next_frame(blob, pos, expect)
+        except ProtocolError as exc:
+            assert isinstance(exc, RemoteProtocolError)
+            break
+        if raw is None:
+            break
+        try:
+            if expect == DIALLER_WELCOME:
+                client.receive_welcome(raw)
+            else:
+                client.receive_ready(raw)
+                assert key is None, "random bytes carried the right MAC"
+                break
+        except Exception as exc:  # noqa: BLE001
+            _check_error(exc, raw)
+            break
+
+
+def _genuine(kind: HelloKind = HelloKind.JOIN, path_id: int = 7) -> tuple[bytes, bytes, bytes, bytes]:
+    """A keyed handshake's four frames; the nonces are fixed, so fresh objects reproduce them exactly."""
+    client, (server, _) = _client(KEY, kind, path_id), _server(KEY)
+    hello = client.hello()
+    server.receive_hello(hello)
+    welcome = server.welcome()
+    auth = client.receive_welcome(welcome)
+    server.receive_auth(auth)
+    ready = server.ready()
+    client.receive_ready(ready)
+    return hello, welcome, auth, ready
+
+
+GENUINE = _genuine()
+
+
+@FUZZ_SMALL
+@given(st.sampled_from(["hello", "welcome", "auth", "ready"]), st.lists(mutation, min_size=1, max_size=3))
+def test_mutated_handshake_frames_never_authenticate(which: str, ops) -> None:
+    """Mutate one genuine keyed handshake frame in flight: every byte is covered, so the handshake never
+    completes on the side that checks it."""
+    hello, welcome, auth, ready = GENUINE
+    frames = {"hello": hello, "welcome": welcome, "auth": auth, "ready": ready}
+    bad = _mutate(frames[which], ops)
+    if bad == frames[which]:
+        return
+    client, (server, _) = _client(KEY, HelloKind.JOIN, 7), _server(KEY)
+    client.hello()
+    try:
+        if which == "hello":  # the listener answers a HELLO it cannot check yet; the AUTH then fails
+            server.receive_hello(bad)
+            auth_for_it = client.receive_welcome(server.welcome())
+            server.receive_auth(auth_for_it)
+        elif which == "welcome":  # the dialler answers; the listener, which sent the genuine WELCOME, refuses
+            server.receive_hello(hello)
+            server.welcome()
+            server.receive_auth(client.receive_welcome(bad))
+        elif which == "auth":
+            server.receive_hello(hello)
+            server.welcome()
+            server.receive_auth(bad)
         else:
-            fresh_server, _ = _server(KEY)
-            try:
-                if wire is hello_wire:
-                    fresh_server.receive(mutated)
-                    continue
-                fresh_server.receive(decode(hello_wire))
-                reply = fresh_server.receive(mutated)
-            except Exception as exc:  # noqa: BLE001
-                _check_error(exc, mutated)
-                continue
-            assert isinstance(reply, Ready) and isinstance(mutated, Auth) and mutated.mac == decode(auth_wire).mac
+            client.receive_welcome(welcome)
+            client.receive_ready(bad)
+    except Exception as exc:  # noqa: BLE001
+        _check_error(exc, bad)
+        assert server.result is None if which != "ready" else client.result is None
+        return
+    raise AssertionError(f"a mutated {which} completed the handshake: {bad.hex()}")
 
 
 # -- atheris (coverage-guided, libFuzzer) --------------------------------------------------------------------------

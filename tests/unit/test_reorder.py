@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sctpbond.errors import RemoteProtocolError
-from sctpbond.proto.reorder import ReorderBuffer
+from sctpbond.proto.frames import MAX_HELD_RANGES
+from sctpbond.proto.reorder import RANGE_COST, ReorderBuffer
 
 
 def drain(rb: ReorderBuffer) -> bytes:
@@ -156,6 +157,8 @@ def test_consume_more_than_handed_out() -> None:
 def test_window_must_be_positive() -> None:
     with pytest.raises(ValueError):
         ReorderBuffer(0)
+    with pytest.raises(ValueError):
+        ReorderBuffer(10, max_ranges=0)
 
 
 def test_partially_overlapping_held_ranges_inside_the_window_are_accepted() -> None:
@@ -164,6 +167,183 @@ def test_partially_overlapping_held_ranges_inside_the_window_are_accepted() -> N
     rb.add(3, b"defghij")  # 3..10: inside the window, but 4 + 7 > 10 held bytes
     rb.add(0, b"ab")
     assert drain(rb) == b"abcdefghij"
+
+
+# -- the cap on held ranges (wire-format.md: at most 4096 separate out-of-order ranges) ----------------------------
+
+
+def held_at_the_cap(size: int = 1) -> ReorderBuffer:
+    """MAX_HELD_RANGES ranges of `size` bytes at 2, 4, 6, ... (offset 0 missing, a gap after each)."""
+    rb = ReorderBuffer(4 * MAX_HELD_RANGES * size + 16)
+    for i in range(MAX_HELD_RANGES):
+        assert rb.add(2 * size * (i + 1), bytes([i % 256]) * size) is False
+    assert rb.held_ranges == MAX_HELD_RANGES
+    return rb
+
+
+def test_cap_is_the_wire_format_rule() -> None:
+    assert MAX_HELD_RANGES == 4096
+    assert ReorderBuffer(10).max_ranges == MAX_HELD_RANGES
+
+
+def test_4097th_separate_range_is_a_protocol_error() -> None:
+    rb = held_at_the_cap()
+    buffered = rb.buffered
+    with pytest.raises(RemoteProtocolError, match="4096 separate"):
+        rb.add(2 * MAX_HELD_RANGES + 10, b"x")  # beyond the last one
+    with pytest.raises(RemoteProtocolError, match="4096 separate"):
+        rb.add(3, b"y")  # in a gap
+    assert rb.held_ranges == MAX_HELD_RANGES and rb.buffered == buffered  # the refused ranges left no trace
+
+
+def test_what_adds_no_range_is_accepted_at_the_cap() -> None:
+    rb = held_at_the_cap(size=2)  # ranges [4, 6), [8, 10), ...
+    assert rb.add(4, b"\x00\x00") is False  # an exact duplicate
+    assert rb.add(5, b"\x00") is False  # inside a held range
+    assert rb.held_ranges == MAX_HELD_RANGES and rb.stats.duplicates == 2
+    # one range covering two held ones and the gap between them replaces them: one range fewer
+    assert rb.add(8, b"\x01" * 6) is False
+    assert rb.held_ranges == MAX_HELD_RANGES - 1
+    rb.add(202, b"\x02" * 2)  # in a gap: the room it made is usable again
+    assert rb.held_ranges == MAX_HELD_RANGES
+    with pytest.raises(RemoteProtocolError):  # and then the buffer is full again
+        rb.add(206, b"\x03" * 2)
+    # the missing start arrives: in-order data is never held, and it drains whatever now touches it
+    assert rb.add(0, b"\xaa" * 4) is True  # [0, 4) + held [4, 6)
+    assert rb.held_ranges == MAX_HELD_RANGES - 1
+    assert rb.add(6, b"\xbb" * 2) is True  # [6, 8) + held [8, 14)
+    assert rb.held_ranges == MAX_HELD_RANGES - 2
+    assert drain(rb) == b"\xaa" * 4 + b"\x00\x00" + b"\xbb\xbb" + b"\x01" * 6
+    assert rb.next_offset == 14
+
+
+def test_longer_copy_at_the_same_offset_replaces_the_held_one_at_the_cap() -> None:
+    """Regression: a longer range at a held range's offset used to be stored as a second range (the held one
+    plus the new tail), so at the cap a DATA that adds no range was refused."""
+    rb = held_at_the_cap(size=2)
+    assert rb.add(4, b"\x00" * 3) is False  # [4, 7) covers [4, 6) and part of the gap after it
+    assert rb.held_ranges == MAX_HELD_RANGES and rb._held.peekitem(0) == (4, b"\x00" * 3)
+    assert rb.buffered == 2 * MAX_HELD_RANGES + 1
+
+
+def test_smaller_cap() -> None:
+    rb = ReorderBuffer(100, max_ranges=2)
+    rb.add(10, b"a")
+    rb.add(20, b"b")
+    with pytest.raises(RemoteProtocolError):
+        rb.add(30, b"c")
+    rb.add(0, b"0123456789")  # drains [10, 11): room for one more
+    assert rb.held_ranges == 1
+    rb.add(30, b"c")
+    assert rb.held_ranges == 2
+
+
+def test_many_ranges_drain_in_order() -> None:
+    """4096 ranges in a random order, then the first: the whole stream comes out in order, in one go."""
+    size = 3
+    stream = bytes(random.Random(1).randbytes(size * (MAX_HELD_RANGES + 1)))
+    chunks = [(o, stream[o : o + size]) for o in range(0, len(stream), size)]
+    first, rest = chunks[0], chunks[1:]
+    random.Random(2).shuffle(rest)
+    rb = ReorderBuffer(len(stream))
+    for offset, payload in rest:
+        assert rb.add(offset, payload) is False
+        assert drain(rb) == b""
+    assert rb.held_ranges == MAX_HELD_RANGES and rb.buffered == len(stream) - size
+    assert rb.add(*first) is True
+    ready = rb.pop_ready()
+    assert len(ready) == MAX_HELD_RANGES + 1
+    assert b"".join(bytes(c) for c in ready) == stream
+    assert rb.held_ranges == 0 and rb.buffered == 0 and rb.next_offset == len(stream)
+
+
+def test_honest_sender_never_reaches_the_cap() -> None:
+    """A sender with at most 4096 chunks beyond the acknowledged point, resending with the same boundaries, never
+    makes the receiver hold more than 4095 ranges (the one holding the others back is missing)."""
+    rnd = random.Random(3)
+    n = 3 * MAX_HELD_RANGES
+    rb = ReorderBuffer(n)
+    delivered = 0
+    pending: list[int] = []  # chunk offsets sent but not delivered, 1 byte each
+    next_chunk = 0
+    while delivered < n:
+        while next_chunk < n and len(pending) < MAX_HELD_RANGES:  # the sender's cap
+            pending.append(next_chunk)
+            next_chunk += 1
+        # the oldest chunk is "lost" on a slow path until the others have all arrived
+        for off in pending[1:]:
+            rb.add(off, b"x")
+            if rnd.random() < 0.05:
+                rb.add(off, b"x")  # a resend
+        assert rb.held_ranges <= MAX_HELD_RANGES - 1
+        rb.add(pending[0], b"x")
+        got = sum(len(c) for c in rb.pop_ready())
+        rb.consume(got)
+        delivered += got
+        pending = [o for o in pending if o >= delivered]
+    assert rb.stats.peak_ranges == MAX_HELD_RANGES - 1
+
+
+# -- what a held range costs ----------------------------------------------------------------------------------------
+
+
+def test_small_held_payloads_are_copied_out_of_their_frame() -> None:
+    """A tiny range must not keep its whole receive buffer alive: below 4 KiB a held payload is copied."""
+    frame_buffer = bytearray(b"\x07" * 65536)  # what a transport read one frame into
+    small = memoryview(frame_buffer)[16:116]
+    rb = ReorderBuffer(1 << 20)
+    rb.add(1000, small)
+    held = rb._held[1000]
+    assert isinstance(held, bytes) and held == bytes(small)
+    frame_buffer[16] = 0  # the receive buffer is reused: the held copy does not change
+    big = memoryview(frame_buffer)[16 : 16 + 8192]
+    rb.add(100_000, big)
+    assert rb._held[100_000] is big  # a big payload is held as it is: no copy
+    rb.add(0, b"\x01" * 1000)
+    out = drain(rb)
+    assert out == b"\x01" * 1000 + b"\x07" * 100
+
+
+def test_trimmed_remainder_below_the_threshold_is_copied() -> None:
+    rb = ReorderBuffer(1 << 20)
+    rb.add(100, b"a" * 5000)  # held as it is
+    payload = memoryview(bytearray(b"b" * 5000))
+    rb.add(2000, payload)  # overlaps: only [5100, 7000) is new, 1900 bytes: copied
+    assert isinstance(rb._held[5100], bytes) and len(rb._held[5100]) == 1900
+
+
+def test_in_order_payloads_are_never_copied() -> None:
+    payload = memoryview(bytearray(b"z" * 10))
+    rb = ReorderBuffer(100)
+    rb.add(0, payload)
+    assert rb.pop_ready()[0] is payload
+
+
+def test_peak_statistics() -> None:
+    rb = ReorderBuffer(1 << 20)
+    assert (rb.stats.peak_ranges, rb.stats.peak_cost, rb.held_cost) == (0, 0, 0)
+    rb.add(0, b"in order")  # never held: no peak
+    assert (rb.stats.peak_ranges, rb.stats.peak_cost) == (0, 0)
+    for i in range(10):
+        rb.add(100 + 20 * i, b"q" * 10)
+    assert rb.held_ranges == 10 and rb.buffered == 100
+    assert rb.held_cost == 100 + 10 * RANGE_COST
+    assert rb.stats.peak_ranges == 10 and rb.stats.peak_cost == 100 + 10 * RANGE_COST
+    rb.add(100, b"Q" * 200)  # covers all ten: one range of 200 bytes
+    assert rb.held_ranges == 1 and rb.held_cost == 200 + RANGE_COST
+    assert rb.stats.peak_ranges == 10 and rb.stats.peak_cost == 100 + 10 * RANGE_COST  # peaks stay
+    rb.add(8, b"f" * 92)  # fills the gap: everything drains
+    assert rb.held_ranges == 0 and rb.held_cost == 0
+    assert rb.stats.peak_buffered >= 200
+    assert drain(rb) == b"in order" + b"f" * 92 + b"Q" * 200
+
+
+def test_memory_bound_of_a_full_buffer() -> None:
+    """At the cap, held_cost is payload plus the bookkeeping of 4096 ranges, bounded by window + cap x cost."""
+    rb = held_at_the_cap(size=1)
+    assert rb.held_cost == MAX_HELD_RANGES * (1 + RANGE_COST)
+    assert rb.held_cost <= rb.window + rb.max_ranges * RANGE_COST
+    assert rb.stats.peak_cost == rb.held_cost and rb.stats.peak_ranges == MAX_HELD_RANGES
 
 
 # -- properties --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sctpbond.errors import LocalProtocolError, RemoteProtocolError
+from sctpbond.proto.frames import MAX_HELD_RANGES
 from sctpbond.proto.sendbuf import SendBuffer
 
 
@@ -182,6 +183,63 @@ def test_requeue_unknown_path() -> None:
     sb.take_new(2, path=0)
     assert sb.requeue_path(7) == 0
     assert sb.take_resend(path=0) is None
+
+
+def test_at_most_4096_chunks_beyond_the_acknowledgement() -> None:
+    """The receiver may hold no more than 4096 separate ranges (wire-format.md), so the sender never has more than
+    4096 chunks unacknowledged, whatever their size and however much window is left."""
+    assert MAX_HELD_RANGES == 4096
+    sb = SendBuffer(1 << 20)
+    sb.write(b"s" * 10_000)
+    for i in range(MAX_HELD_RANGES):
+        chunk = sb.take_new(1, path=i % 3)
+        assert chunk is not None and chunk.offset == i
+    assert sb.take_new(1, path=0) is None  # the 4097th waits, though bytes, space and maxlen allow it
+    assert sb.take_new(100_000, path=1) is None
+    assert sb.unsent == 10_000 - MAX_HELD_RANGES
+    assert sb.on_ack(0) == 0 and sb.take_new(1, path=0) is None  # a stale ACK frees nothing
+    assert sb.on_ack(2) == 2  # two chunks acknowledged: two more may go
+    assert sb.take_new(1, path=0).offset == MAX_HELD_RANGES
+    assert sb.take_new(1, path=0).offset == MAX_HELD_RANGES + 1
+    assert sb.take_new(1, path=0) is None
+    assert len(list(sb.iter_unacked())) == MAX_HELD_RANGES
+
+
+def test_a_partly_acknowledged_chunk_still_counts() -> None:
+    sb = SendBuffer(1 << 20)
+    sb.write(b"p" * (2 * (MAX_HELD_RANGES + 1)))
+    for _ in range(MAX_HELD_RANGES):
+        sb.take_new(2, path=0)
+    assert sb.on_ack(1) == 1  # half of the first chunk: it stays, and so does the count
+    assert sb.take_new(2, path=0) is None
+    sb.on_ack(2)
+    assert sb.take_new(2, path=0) is not None
+
+
+def test_resends_are_not_held_back_by_the_chunk_cap() -> None:
+    """Resends reuse chunks already counted: a path dying at the cap must still get its chunks out elsewhere."""
+    sb = SendBuffer(1 << 20)
+    sb.write(b"r" * (MAX_HELD_RANGES + 10))
+    for i in range(MAX_HELD_RANGES):
+        sb.take_new(1, path=i % 2)
+    assert sb.take_new(1, path=2) is None
+    assert sb.requeue_path(0) == MAX_HELD_RANGES // 2
+    resent = []
+    while (c := sb.take_resend(path=2)) is not None:
+        resent.append(c.offset)
+    assert resent == list(range(0, MAX_HELD_RANGES, 2))
+    assert len(list(sb.iter_unacked())) == MAX_HELD_RANGES  # the same chunks: no new ones
+    assert sb.take_new(1, path=2) is None
+
+
+def test_joined_small_writes_make_one_chunk_each() -> None:
+    """The count is of chunks, not of writes: many small writes joined into one chunk count once."""
+    sb = SendBuffer(1 << 20)
+    for _ in range(3 * MAX_HELD_RANGES):
+        sb.write(b"w")
+    for _ in range(MAX_HELD_RANGES):
+        assert len(sb.take_new(3, path=0).data) == 3
+    assert sb.unsent == 0 and sb.take_new(3, path=0) is None
 
 
 @settings(max_examples=100, deadline=None)

@@ -516,13 +516,16 @@ def test_close_send_puts_fin_on_every_path_and_completes() -> None:
     assert b.complete
 
 
+D16 = bytes(16)  # a FIN's digest (always 16 bytes)
+
+
 @pytest.mark.parametrize(
     ("frames", "match"),
     [
         ([Ack(1)], "acknowledged"),
-        ([Fin(2), Data(0, b"abc")], "past the end"),
-        ([Fin(2), Fin(3)], "two FINs"),
-        ([Data(0, b"abcd"), Fin(2)], "less data"),
+        ([Fin(2, D16), Data(0, b"abc")], "past the end"),
+        ([Fin(2, D16), Fin(3, D16)], "two FINs"),
+        ([Data(0, b"abcd"), Fin(2, D16)], "less data"),
         ([Data(64 * K, b"x")], "window"),
         ([Hello(HelloKind.NEW, 0, bytes(16), bytes(16), 1, 1)], "unexpected HELLO"),
     ],
