@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 the transfer failed, 2 bad usage. Every expected failur
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -18,54 +17,17 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import SctpbondError, UsageError
+from .console import LOG, friendly_errors, setup_logging
+from .defaults import DEFAULT_PORT
+from .doctor import doctor
+from .errors import UsageError
+from .lab.bench import bench
+from .lab.bench_failover import bench_failover
+from .lab.demo import demo
 from .runtime.endpoints import grow_pipe
-from .runtime.options import DEFAULT_PORT, Options, make_options
+from .runtime.options import Options, make_options
 from .transport import TRANSPORTS
 from .units import parse_rate, parse_size
-
-LOG = logging.getLogger("sctpbond")
-
-
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"sctpbond: {record.getMessage()}"
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
-    LOG.handlers[:] = [handler]
-    LOG.propagate = False
-    LOG.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"sctpbond: error: {message}", err=True)
-    sys.exit(code)
-
-
-def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map our errors to one line + exit code; no traceback unless SCTPBOND_DEBUG is set."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SctpbondError as exc:
-            if os.environ.get("SCTPBOND_DEBUG"):
-                raise
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except BrokenPipeError:
-            _fail("output closed (broken pipe)", 1)
-        except Exception as exc:  # a bug: still one line, with a hint to get the details
-            if os.environ.get("SCTPBOND_DEBUG"):
-                raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set SCTPBOND_DEBUG=1 for a traceback)", 1)
-
-    return wrapper
 
 
 def _read_key(key_file: str | None) -> bytes | None:
@@ -287,7 +249,7 @@ def listen(port: int, binds: tuple[str, ...], output: str | None, keep_open: boo
     from .runtime import endpoints
     from .runtime.server import Served, Server
 
-    _setup_logging(shared.verbose, shared.quiet)
+    setup_logging(shared.verbose, shared.quiet)
     opts = _options(shared)
     if relay is not None and exec_cmd is not None:
         raise UsageError("--relay and --exec exclude each other: each session goes to one place")
@@ -387,7 +349,7 @@ def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multipli
     stdin, write what comes back to stdout. A hostname stands for all its addresses."""
     from .runtime.client import Client, parse_path
 
-    _setup_logging(shared.verbose, shared.quiet)
+    setup_logging(shared.verbose, shared.quiet)
     _finish_on_hangup()
     paths = [parse_path(a, port) for a in addrs]
     for p in pinned:
@@ -422,7 +384,7 @@ def topo() -> None:
 @friendly_errors
 def topo_up(topology: str, prefix: str) -> None:
     """Build TOPOLOGY (a file or a name from netns/)."""
-    from .topology import Network, load
+    from .lab.topology import Network, load
 
     net = Network(load(topology), prefix=prefix).up()
     click.echo(net.describe())
@@ -433,7 +395,7 @@ def topo_up(topology: str, prefix: str) -> None:
 @friendly_errors
 def topo_down(prefix: str) -> None:
     """Remove the namespaces built by `topo up` (with this prefix)."""
-    from .topology import cleanup_stale
+    from .lab.topology import cleanup_stale
 
     removed = cleanup_stale(prefix)
     click.echo(f"removed {len(removed)} namespaces" + (f": {', '.join(removed)}" if removed else ""))
@@ -444,7 +406,7 @@ def topo_down(prefix: str) -> None:
 @friendly_errors
 def topo_show(topology: str | None) -> None:
     """Describe TOPOLOGY, or list the shipped ones."""
-    from .topology import builtin_names, load
+    from .lab.topology import builtin_names, load
 
     if topology is None:
         for name in builtin_names():
@@ -457,15 +419,8 @@ def topo_show(topology: str | None) -> None:
         click.echo(f"  link {i}: {rate}, loss {link.loss_pct:g} %, delay {link.delay_ms:g} ms")
 
 
-from .bench import bench as _bench_cmd  # noqa: E402
-from .bench_failover import bench_failover as _bench_failover_cmd  # noqa: E402
-from .demo import demo as _demo_cmd  # noqa: E402
-from .doctor import doctor as _doctor_cmd  # noqa: E402
-
-main.add_command(_bench_cmd)
-main.add_command(_demo_cmd)
-main.add_command(_doctor_cmd)
-main.add_command(_bench_failover_cmd)
+for command in (bench, demo, doctor, bench_failover):  # the lab's commands, and doctor
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

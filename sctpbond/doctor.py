@@ -5,19 +5,10 @@ from __future__ import annotations
 import glob
 import os
 import socket
-from pathlib import Path
 
 import click
 
-from .transport import sctp_support
-
-
-def _mptcp() -> tuple[bool, str]:
-    try:
-        enabled = Path("/proc/sys/net/mptcp/enabled").read_text().strip() == "1"
-    except OSError:
-        return False, "no MPTCP in this kernel"
-    return enabled, "enabled" if enabled else "present but disabled (sysctl net.mptcp.enabled=1)"
+from .host import mptcp_support, sctp_support
 
 
 def _pysctp() -> tuple[bool, str]:
@@ -59,8 +50,8 @@ def doctor() -> None:
     has_pysctp, pysctp_detail = _pysctp()
     line(has_pysctp, "pysctp", pysctp_detail)
     line(True, "--transport", f"auto picks {'sctp' if ok and has_pysctp else 'tcp'}")
-    mptcp_ok, mptcp_detail = _mptcp()
-    line(mptcp_ok, "MPTCP", mptcp_detail)
+    mptcp_ok, mptcp_why = mptcp_support()
+    line(mptcp_ok, "MPTCP", "enabled" if mptcp_ok else mptcp_why)
     vm = _vm_kernel()
     line(bool(vm) or ok, "SCTP test VM", f"kernel {vm} (tests/vm/run.sh)" if vm else
          ("not needed" if ok else "none: bash scripts/setup.sh installs one"))

@@ -1,10 +1,13 @@
-"""Human-friendly sizes and rates on the command line (64M, 1.5G, 500Mbit)."""
+"""Human-friendly sizes and rates on the command line (64M, 1.5G, 500Mbit), and rates for display (Mbit/s)."""
 
 from __future__ import annotations
 
 import re
 
 from .errors import UsageError
+
+MiB = 1 << 20
+GiB = 1 << 30
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}

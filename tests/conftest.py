@@ -1,4 +1,4 @@
-"""Shared fixtures: emulated multi-link hosts in network namespaces (see sctpbond.topology)."""
+"""Shared fixtures: emulated multi-link hosts in network namespaces (see sctpbond.lab.topology)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pyroute2 import netns
 
-from sctpbond.topology import Network, Topology, load
+from sctpbond.lab.topology import Network, Topology, load
 
 # Names are "sbt<pid>x<n>-a/-b": the pid lets a later run recognise namespaces left by a crashed one.
 _PREFIX_RE = re.compile(r"^sbt(\d+)x\d+-[ab]$")

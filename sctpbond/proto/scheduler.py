@@ -11,38 +11,9 @@ sample is quota/delay, and since delay < target the quota grows until the link, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-@dataclass
-class PathState:
-    id: int
-    label: str = ""
-    alive: bool = True
-    stale: bool = False  # silent for a while with data outstanding: no new data until it is heard again
-    sent: int = 0  # payload bytes put on this path (resends included)
-    peer_received: int = 0  # payload bytes the peer says arrived on this path
-    received: int = 0  # payload bytes that arrived here on this path
-    chunks_sent: int = 0
-    chunks_received: int = 0
-    resent_chunks: int = 0  # chunks this path carried for another (dead or slow) path
-    stale_events: int = 0  # times it went silent with data outstanding (its chunks were sent again elsewhere)
-    stale_at: float | None = None  # when it last turned stale
-    rate: float = 0.0  # delivery rate estimate, bytes/s
-    min_rtt: float | None = None  # PING round trips: they wait behind our queued data, so they include it
-    srtt: float | None = None
-    net_rtt: float | None = None  # the transport's own RTT (SCTP srtt, TCP_INFO): the network, not our queue
-    last_heard: float = 0.0  # when any frame last arrived on this path
-    last_sent: float = 0.0  # when we last put a frame on this path
-    up_since: float = 0.0
-    down_at: float | None = None
-    down_reason: str = ""
-    _sample_t: float = field(default=0.0, repr=False)
-    _sample_rx: int = field(default=0, repr=False)
-
-    @property
-    def in_flight(self) -> int:
-        return self.sent - self.peer_received
+from .paths import PathState
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,36 @@
 """The sans-IO session: one duplex byte stream over many paths.
 
-Ties the send buffer, the scheduler and the reorder buffer together. The runtime feeds it frames received on a
-path (`receive`), asks it what to send on a path (`next_frame`), moves application bytes in (`write`) and out
-(`read`/`consumed`), and calls `handle_timer(now)`. Time is always an argument; nothing here blocks or touches a
-socket. After each call the runtime reads `take_wake()` to know which of its waiting threads to wake.
+Ties the send buffer, the scheduler, the paths' heartbeats and the reorder buffer together. The contract with
+the runtime (as aioquic's QuicConnection and h11's Connection have it):
+
+- inputs: frames received on a path (`receive`), a peer's violation the transport found (`peer_violated`), a
+  path the transport lost (`fail_path`), application bytes in (`write`, `close_send`) and out (`read`,
+  `consumed`), and `handle_timer(now)` once `get_timer()`'s deadline has passed; time is always an argument;
+- outputs: the next frame for a path (`next_frame`), the next deadline (`get_timer`), past-tense events
+  (`next_event`: PathJoined, PathStale, PathFailed, AllPathsDown, StreamEnded, SessionTerminated), and for the
+  hot path `take_wake()` flags saying which of the runtime's waiting threads to wake.
+
+Nothing here blocks, touches a socket or reads a clock; every protocol decision (a path is dead, the session is
+aborted and with which code, all paths stayed down too long) is taken here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from dataclasses import dataclass, field
 
 import xxhash
 
-from ..errors import IntegrityError, RemoteProtocolError, SctpbondError, SessionAborted
+from ..errors import IntegrityError, RemoteProtocolError, SctpbondError, SessionAborted, TransferFailed
+from .events import AllPathsDown, Event, PathFailed, PathJoined, PathStale, SessionTerminated, StreamEnded
 from .frames import MAX_PATH_COUNTERS, Abort, AbortCode, Ack, Data, Fin, Frame, Ping, Pong
+from .paths import Heartbeat, PathState, Silence
 from .reorder import Chunk, ReorderBuffer
-from .scheduler import PathState, Scheduler, SchedulerConfig
+from .scheduler import Scheduler, SchedulerConfig
 from .sendbuf import Buffer, SendBuffer
+from .stats import SessionStats, progress_line, snapshot
 
 MiB = 1 << 20
 
@@ -29,6 +41,7 @@ class Wake(enum.IntFlag):
     WRITE = 2  # send buffer space for the application
     SEND = 4  # some path may have a frame to send
     STATE = 8  # completion, failure or path change
+    TIMER = 16  # get_timer() may be earlier than the deadline the runtime armed
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,8 @@ class SessionConfig:
     # the others at once (duplicates are dropped by the receiver), long before it is declared dead. A false
     # alarm (a long queue, a busy CPU) costs only the duplicate bytes.
     stale_after: float = 0.4
+    path_timeout: float = 30.0  # every path down this long: the session is aborted (TIMEOUT)
+    peer_gone_grace: float = 2.0  # every path closed or reset by the peer (not silent): its process is gone
     ack_bytes: int = 256 * 1024
     ack_delay: float = 0.02
     fin_retry: float = 1.0
@@ -65,8 +80,9 @@ class Session:
         self.chunk = max(1, min(config.max_chunk, peer_max_chunk))
         sched_cfg = config.scheduler
         if sched_cfg.max_chunk != self.chunk:
-            sched_cfg = SchedulerConfig(**{**sched_cfg.__dict__, "max_chunk": self.chunk})
+            sched_cfg = dataclasses.replace(sched_cfg, max_chunk=self.chunk)
         self.scheduler = Scheduler(sched_cfg)
+        self._hb = Heartbeat(config.ping_interval, config.rtt_probe_interval, config.stale_after, config.dead_after)
         self.sendbuf = SendBuffer(min(config.send_cap, peer_window))
         self.reorder = ReorderBuffer(config.window)
         self.paths: dict[int, PathState] = {}
@@ -80,8 +96,12 @@ class Session:
         self._unacked_rx = 0  # payload bytes received or consumed since the last ACK we sent
         self._unacked_since: float | None = None
         self._last_rx_path: int | None = None
-        self._last_ping: dict[int, float] = {}
         self._auth_failures: dict[int, deque[float]] = {}
+        self._events: deque[Event] = deque()
+        self._terminated = False
+        self._all_down_since: float | None = None
+        self._peer_closed: set[int] = set()  # paths the peer closed or reset (vs. went silent)
+        self._armed: float | None = None  # the deadline get_timer() last gave
         self._wake = Wake.NONE
         self._send_wake: set[int] | None = set()  # the paths a Wake.SEND is for; None: every path
         self.resent_bytes = 0
@@ -93,6 +113,54 @@ class Session:
         self.rx_digest = xxhash.xxh3_128()
         self.peer_digest: bytes | None = None
         self.digest_ok: bool | None = None
+
+    # -- events and timers ---------------------------------------------------------------------------------------
+    def next_event(self) -> Event | None:
+        """The oldest event not taken yet, or None."""
+        return self._events.popleft() if self._events else None
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    def get_timer(self) -> float | None:
+        """When handle_timer() must run next (None: nothing is timed). The runtime arms exactly this; a call that
+        makes it earlier sets Wake.TIMER."""
+        hb, cfg = self._hb, self.config
+        deadlines = [p.deadline(hb) for p in self.paths.values() if p.alive]
+        if self._unacked_since is not None:
+            deadlines.append(self._unacked_since + cfg.ack_delay)
+        if self.sendbuf.eof and not self.fin_acked and self._fin_sent_at is not None:
+            deadlines.append(self._fin_sent_at + cfg.fin_retry)
+        if self._all_down_since is not None:
+            grace = cfg.peer_gone_grace if self._peer_gone else cfg.path_timeout
+            deadlines.append(self._all_down_since + grace)
+        self._armed = min(deadlines) if deadlines else None
+        return self._armed
+
+    def _timer_at(self, when: float) -> None:
+        if self._armed is None or when < self._armed:
+            self._wake |= Wake.TIMER
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+        self._wake |= Wake.STATE
+
+    def _check_terminated(self) -> None:
+        if not self._terminated and (self.failure is not None or self.complete):
+            self._terminated = True
+            self._emit(SessionTerminated(self.failure))
+
+    # -- digests: one owner, hashed off the lock -----------------------------------------------------------------
+    def hash_sent(self, data: Buffer) -> None:
+        """Fold bytes the application wrote into the stream's digest. Call it in stream order, from the one thread
+        that feeds write(); it touches nothing else, so the runtime may call it without its lock."""
+        self.tx_digest.update(data)
+
+    def hash_received(self, chunk: Chunk) -> None:
+        """Fold bytes read() gave into the received digest, in order, before consumed() for them; from the one
+        thread that writes them out, without the runtime's lock (as hash_sent)."""
+        self.rx_digest.update(chunk)
 
     # -- bookkeeping helpers -----------------------------------------------------------------------------------
     def take_wake(self) -> Wake:
@@ -156,30 +224,33 @@ class Session:
     def add_path(self, pid: int, now: float, label: str = "") -> PathState:
         """A connection finished its handshake for this session (first time, or re-joining after a failure)."""
         path = self.paths.get(pid)
+        rejoined = path is not None
         if path is None:
             if len(self.paths) >= self.config.max_paths:
                 raise RemoteProtocolError(f"more than {self.config.max_paths} paths in one session")
             path = self.paths[pid] = PathState(pid, label)
-        else:  # re-join: counters restart with the new connection on both sides
-            path.sent = path.peer_received = path.received = 0
-            path.rate = 0.0
-            path.net_rtt = None
-            path._sample_t = 0.0
-        path.alive, path.last_heard, path.last_sent, path.up_since, path.down_at = True, now, now, now, None
+        path.label = label or path.label
+        path.start(now, rejoined)
+        self._peer_closed.discard(pid)
+        self._all_down_since = None
         self._ctrl[pid] = deque()
-        self._last_ping[pid] = now
         if self.sendbuf.eof and not self.fin_acked:
             self._queue(pid, self._fin())
         self._wake_send()
-        self._wake |= Wake.STATE
+        self._wake |= Wake.TIMER
+        self._emit(PathJoined(pid, path.label, rejoined))
         return path
 
-    def fail_path(self, pid: int, reason: str, now: float) -> int:
-        """A path is gone (error, EOF or silence). Its unacknowledged chunks go back to be sent elsewhere."""
+    def fail_path(self, pid: int, reason: str, now: float, *, peer_closed: bool = False) -> int:
+        """A path is gone (closed or reset by the peer, silent, or untrustworthy): the one place a path fails.
+        Its unacknowledged chunks go back to be sent elsewhere; PathFailed tells the runtime to close it (and a
+        dialler to re-dial it); with no path left the all-paths-down clock starts."""
         path = self.paths.get(pid)
         if path is None or not path.alive:
             return 0
-        path.alive, path.down_at, path.down_reason = False, now, reason
+        path.stop(reason, now)
+        if peer_closed:
+            self._peer_closed.add(pid)
         self._ctrl[pid].clear()
         self._ack_due.discard(pid)
         requeued = self.sendbuf.requeue_path(pid)
@@ -191,8 +262,25 @@ class Session:
             # nothing would ever make us send another one: a peer waiting for window space stalls for good.
             self._request_ack()
         self._wake_send()
-        self._wake |= Wake.STATE
+        self._emit(PathFailed(pid, reason, requeued, peer_closed))
+        if not self.alive_paths and self.failure is None and not self.complete:
+            self._all_down_since = now
+            self._wake |= Wake.TIMER
+            self._emit(AllPathsDown(self.config.path_timeout))
         return requeued
+
+    @property
+    def _peer_gone(self) -> bool:
+        return bool(self.paths) and self._peer_closed >= set(self.paths)
+
+    def peer_violated(self, pid: int, error: RemoteProtocolError, now: float) -> None:
+        """The transport found the peer breaking the protocol on path pid (a frame of the wrong type or length,
+        or one that failed authentication). A failed authentication costs the path (auth_failed); anything
+        else from an authenticated peer aborts the session with the code the error carries."""
+        if isinstance(error, IntegrityError):
+            self.auth_failed(pid, str(error), now)
+            return
+        self.abort(AbortCode(error.abort_code), str(error), RemoteProtocolError(f"path {pid}: {error}"))
 
     def auth_failed(self, pid: int, reason: str, now: float) -> bool:
         """A frame on path pid failed authentication (altered, injected or replayed): the path goes, as a dead one
@@ -214,11 +302,11 @@ class Session:
         return self.sendbuf.space()
 
     def write(self, data: Buffer, *, digest: bool = True) -> None:
-        """Queue data to send. digest=False: the caller already folded it into `tx_digest` (the runtime hashes
+        """Queue data to send. digest=False: the caller already gave it to hash_sent() (the runtime hashes
         outside its lock)."""
         self.sendbuf.write(data)
         if digest:
-            self.tx_digest.update(data)
+            self.hash_sent(data)
         self._wake_ready()
 
     def _fin(self) -> Fin:
@@ -232,15 +320,16 @@ class Session:
         self._fin_sent_at = now
         for path in self.alive_paths:
             self._queue(path.id, self._fin())
-        self._wake |= Wake.STATE
+        self._wake |= Wake.STATE | Wake.TIMER
+        self._check_terminated()
 
     def read(self, *, digest: bool = True) -> list[Chunk]:
-        """In-order received data the application has not taken yet. digest=False: the caller folds the chunks
-        into `rx_digest` itself, in order, before it calls consumed() for them."""
+        """In-order received data the application has not taken yet. digest=False: the caller gives the chunks to
+        hash_received() itself, in order, before it calls consumed() for them."""
         chunks = self.reorder.pop_ready()
         if digest:
             for chunk in chunks:
-                self.rx_digest.update(chunk)
+                self.hash_received(chunk)
         return chunks
 
     def consumed(self, nbytes: int, now: float) -> None:
@@ -251,12 +340,15 @@ class Session:
             self._finish_receiving()
         elif self._unacked_rx >= self.config.ack_bytes or self.reorder.unconsumed == 0:
             self._request_ack()
+        self._check_terminated()
 
     def _finish_receiving(self) -> None:
         """The peer's whole stream went to the application (FIN seen, everything consumed): check its digest once,
         and send the closing ACK on every path."""
         if self.digest_ok is None:
             self._verify_digest()
+            if self.digest_ok:
+                self._emit(StreamEnded(self.reorder.consumed))
         self._ack_due.update(p.id for p in self.alive_paths)
         self._wake_send()
         self._wake |= Wake.STATE
@@ -273,6 +365,7 @@ class Session:
         self._unacked_rx += nbytes
         if self._unacked_since is None:
             self._unacked_since = now
+            self._timer_at(now + self.config.ack_delay)
 
     def _request_ack(self, pid: int | None = None) -> None:
         if pid is None or not self.paths[pid].alive:
@@ -287,11 +380,18 @@ class Session:
 
     # -- network side ------------------------------------------------------------------------------------------
     def receive(self, pid: int, frame: Frame, now: float) -> None:
-        """Process one frame that arrived on path pid. Raises RemoteProtocolError / SessionAborted."""
-        path = self.paths[pid]
+        """Process one frame that arrived on path pid. A violation aborts the session (SessionTerminated), with
+        the ABORT code its error carries; nothing is raised."""
+        try:
+            self._receive(self.paths[pid], frame, now)
+        except RemoteProtocolError as exc:
+            self.abort(AbortCode(exc.abort_code), str(exc), RemoteProtocolError(f"path {pid}: {exc}"))
+        self._check_terminated()
+
+    def _receive(self, path: PathState, frame: Frame, now: float) -> None:
+        pid = path.id
         path.last_heard = now
-        if path.stale:
-            path.stale = False
+        if path.heard():
             self._wake_send(pid)
         if isinstance(frame, Data):
             self._on_data(path, frame, now)
@@ -435,40 +535,45 @@ class Session:
         return Data(offset, data)
 
     # -- time ------------------------------------------------------------------------------------------------------
-    def handle_timer(self, now: float) -> list[int]:
-        """Pings, delayed ACKs, FIN retries and silence detection. Returns ids of paths that just failed."""
-        cfg = self.config
-        failed: list[int] = []
+    def handle_timer(self, now: float) -> None:
+        """Pings, delayed ACKs, FIN retries, silence detection and the all-paths-down timeout; results leave as
+        events (PathStale, PathFailed, SessionTerminated) and frames to send."""
+        cfg, hb = self.config, self._hb
         for path in self.alive_paths:
-            silent = now - path.last_heard
-            # A path whose heartbeats queue behind its data (a slow link, a busy CPU) has a long RTT: give it time
-            # in proportion before calling it stale or dead. On a normal path the configured times apply.
-            rtt = path.srtt or 0.0
-            if silent > max(cfg.dead_after, 6 * rtt):
-                failed.append(path.id)
+            verdict = path.silence(now, hb)
+            if verdict is Silence.DEAD:
+                self.fail_path(path.id, f"no answer for {now - path.last_heard:.1f} s", now)
                 continue
-            if silent > max(cfg.stale_after, 3 * rtt) and not path.stale and path.in_flight > 0:
-                path.stale, path.stale_at = True, now
-                path.stale_events += 1
-                if self.sendbuf.requeue_path(path.id):
+            if verdict is Silence.STALE:
+                requeued = self.sendbuf.requeue_path(path.id)
+                if requeued:
                     self._wake_send()
-            since_ping = now - self._last_ping[path.id]
-            quiet = now - path.last_sent >= cfg.ping_interval
-            if since_ping >= cfg.ping_interval and (quiet or since_ping >= cfg.rtt_probe_interval):
-                self._last_ping[path.id] = now
+                self._emit(PathStale(path.id, now - path.last_heard, requeued))
+            if path.ping_due(now, hb):
                 self._queue(path.id, Ping(int(now * 1e6) & 0xFFFF_FFFF_FFFF_FFFF))
-        for pid in failed:
-            silent = now - self.paths[pid].last_heard
-            self.fail_path(pid, f"no answer for {silent:.1f} s", now)
         if self._unacked_since is not None and now - self._unacked_since >= cfg.ack_delay:
             self._request_ack()
             self._unacked_since = None
         if self.sendbuf.eof and not self.fin_acked and self._fin_sent_at is not None:
-            if now - self._fin_sent_at >= cfg.fin_retry and self.sendbuf.acked >= self.sendbuf.written:
+            if now - self._fin_sent_at >= cfg.fin_retry:
                 self._fin_sent_at = now
-                for path in self.alive_paths:
-                    self._queue(path.id, self._fin())
-        return failed
+                if self.sendbuf.acked >= self.sendbuf.written:
+                    for path in self.alive_paths:
+                        self._queue(path.id, self._fin())
+        self._check_all_down(now)
+        self._check_terminated()
+
+    def _check_all_down(self, now: float) -> None:
+        """Every path down for path_timeout (or, when the peer itself closed or reset every one, for
+        peer_gone_grace: its process is gone): the session is aborted with TIMEOUT."""
+        since = self._all_down_since
+        if since is None or self.failure is not None or self.alive_paths:
+            return
+        waited, gone = now - since, self._peer_gone
+        if waited >= self.config.path_timeout or (gone and waited >= self.config.peer_gone_grace):
+            why = ("the peer closed every path (its process is gone?)" if gone
+                   else f"no path came back within {waited:.0f} s")
+            self.abort(AbortCode.TIMEOUT, why, TransferFailed(f"transfer failed: {why}; {self.progress()}"))
 
     def abort(self, code: AbortCode, reason: str, error: SctpbondError) -> None:
         """Give up: tell the peer why on every path and record the local error."""
@@ -479,54 +584,13 @@ class Session:
             self._ctrl[path.id].append(Abort(code, reason))
         self._wake_send()
         self._wake |= Wake.STATE | Wake.READ | Wake.WRITE
+        self._check_terminated()
 
     def progress(self) -> str:
         """What got through, for the one-line error of a failed transfer."""
-        sb, parts = self.sendbuf, []
-        if sb.written or sb.eof:
-            parts.append(f"{sb.acked} of {sb.written}{'' if sb.eof else '+'} bytes sent were acknowledged")
-        if self.recv_done:
-            parts.append(f"all {self.reorder.consumed} bytes received")
-        else:
-            total = "" if self.peer_fin is None else f" of {self.peer_fin}"
-            parts.append(f"{self.reorder.consumed}{total} bytes received, output incomplete")
-        return "; ".join(parts)
+        return progress_line(self)
 
     # -- reporting -------------------------------------------------------------------------------------------------
-    def stats(self, now: float) -> dict:
-        elapsed = max(now - self.started, 1e-9)
-        paths = []
-        for p in self.paths.values():
-            paths.append({
-                "id": p.id, "label": p.label, "alive": p.alive,
-                "up_at_s": round(p.up_since - self.started, 3),  # when it (last) joined: start-up cost per path
-                "bytes_sent": p.sent, "bytes_received": p.received,
-                "chunks_sent": p.chunks_sent, "chunks_received": p.chunks_received,
-                "resent_chunks": p.resent_chunks,
-                "stale_events": p.stale_events,
-                "stale_at_s": None if p.stale_at is None else round(p.stale_at - self.started, 3),
-                "send_mbit_s": round(p.sent * 8 / elapsed / 1e6, 2),
-                "recv_mbit_s": round(p.received * 8 / elapsed / 1e6, 2),
-                "rate_estimate_mbit_s": round(p.rate * 8 / 1e6, 2),
-                "srtt_ms": None if p.srtt is None else round(p.srtt * 1e3, 2),
-                "net_rtt_ms": None if p.net_rtt is None else round(p.net_rtt * 1e3, 2),
-                "down_reason": p.down_reason or None,
-                "down_at_s": None if p.down_at is None else round(p.down_at - self.started, 3),
-            })
-        return {
-            "elapsed_s": round(elapsed, 3),
-            "bytes_sent": self.sendbuf.written, "bytes_acked": self.sendbuf.acked,
-            "bytes_received": self.reorder.consumed,
-            "resent_bytes": self.resent_bytes,
-            "first_resend_s": None if self.first_resend_at is None else round(self.first_resend_at - self.started, 3),
-            "duplicate_bytes_dropped": self.reorder.stats.duplicate_bytes,
-            "peak_reorder_bytes": self.reorder.stats.peak_buffered,
-            "peak_reorder_ranges": self.reorder.stats.peak_ranges,
-            "digest": "xxh3-128",
-            "sent_digest": self.tx_digest.hexdigest() if self.sendbuf.eof else None,
-            "received_digest": self.rx_digest.hexdigest() if self.recv_done else None,
-            "digest_ok": self.digest_ok,
-            "send_mbit_s": round(self.sendbuf.acked * 8 / elapsed / 1e6, 2),
-            "recv_mbit_s": round(self.reorder.consumed * 8 / elapsed / 1e6, 2),
-            "paths": paths,
-        }
+    def stats(self, now: float) -> SessionStats:
+        """What this session did so far, in raw numbers (stats.to_json gives --stats-json's form)."""
+        return snapshot(self, now)

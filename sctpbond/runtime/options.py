@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..defaults import DEFAULT_PORT as DEFAULT_PORT  # re-exported: the listener's port
 from ..errors import UsageError
 from ..proto.frames import MAX_CHUNK, MAX_WINDOW, MIN_CHUNK, MIN_WINDOW_CHUNKS
 from ..proto.scheduler import SchedulerConfig
 from ..proto.session import SessionConfig
 from .runner import RunnerConfig
 
-DEFAULT_PORT = 7300  # the listener's port, TCP and SCTP alike
 #: A pre-shared key shorter than this is refused wherever it enters (--key-file, SCTPBOND_KEY, the API's key=):
 #: the handshake hands a dialler's MAC to whoever answers at the address it dials, an offline check of a guess.
 MIN_KEY_BYTES = 16
@@ -49,6 +49,7 @@ def make_options(*, window: int, chunk: int, dead_after: float, path_timeout: fl
     if path_timeout <= 0 or dead_after <= 0:
         raise UsageError("--path-timeout and --dead-after must be positive")
     session = SessionConfig(window=window, send_cap=window, max_chunk=chunk, dead_after=dead_after,
+                            path_timeout=path_timeout,
                             scheduler=SchedulerConfig(max_chunk=chunk, max_quota=max(chunk, window // 2)))
-    runner = RunnerConfig(path_timeout=path_timeout, limit_rate=limit_rate)
+    runner = RunnerConfig(limit_rate=limit_rate)
     return Options(key=key, encrypt=encrypt, session=session, runner=runner)

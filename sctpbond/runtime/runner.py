@@ -2,8 +2,10 @@
 
 One sender and one receiver thread per path channel (blocking calls release the GIL, so paths overlap; measured
 faster than a selector loop, see docs/design.md), one thread pumping the application's input in, one pumping
-in-order output out, and a ticker for the core's timers. Every call into the core holds one lock; the core's
-`take_wake()` says which waiting threads to wake.
+in-order output out, and a timer thread that sleeps until the core's `get_timer()` deadline. Every call into the
+core holds one lock; the core's `take_wake()` says which waiting threads to wake, and its events (`next_event()`)
+what to do with sockets and callbacks. The runner decides nothing about the protocol: which path is dead, when
+to give up, what a peer's bytes mean are the core's decisions.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import (
-    IntegrityError,
     RemoteProtocolError,
     SctpbondError,
     SessionAborted,
     TransferFailed,
     TransportError,
 )
+from ..proto.events import AllPathsDown, PathFailed, PathStale
 from ..proto.frames import SESSION, AbortCode, Data, decode, encode_parts
 from ..proto.session import Session, Wake
+from ..proto.stats import to_json
 from ..transport.base import Channel
 
 if TYPE_CHECKING:
@@ -36,13 +39,11 @@ LOG = logging.getLogger("sctpbond")
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    path_timeout: float = 30.0  # all paths down this long: give up
-    peer_gone_grace: float = 2.0  # all paths closed/reset by the peer (not silent): the peer process is gone
     close_timeout: float = 3.0  # after completion, how long to wait for the peer's orderly close
-    # How often the core's timers run (pings, delayed ACKs, silence detection): their resolution. Each tick takes
-    # the lock and walks every path in both processes; at 20 ms that was measurable CPU on a slow machine (4 x 20
-    # SCTP in the VM: 70 against 68 Mbit/s at 50 ms, 4 interleaved runs each), and nothing needs it finer.
-    tick: float = 0.05
+    # The timer thread runs the core's timers when get_timer() says, but no sooner than min_timer after the last
+    # run: each run takes the lock and walks every path, and a 20 ms cadence was measurable CPU on a slow machine
+    # (4 x 20 SCTP in the VM: 68 against 70 Mbit/s at 50 ms); a deadline a little late costs nothing.
+    min_timer: float = 0.02
     rtt_poll: float = 0.25  # how often the transports' own RTTs are read (they size the paths' quotas)
     read_block: int = 1 << 20
     limit_rate: float | None = None  # bytes/s this side feeds into the session (--limit-rate), None: no cap
@@ -78,8 +79,7 @@ class SessionRunner:
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._stop = threading.Event()
-        self._all_down_since: float | None = None
-        self._peer_closed: set[int] = set()  # paths the peer closed or reset (vs. went silent)
+        self._cond_timer = threading.Condition(self.lock)
         self.output_bytes = 0
         self._final_info: dict[int, dict] = {}
 
@@ -106,6 +106,32 @@ class SessionRunner:
             for pid, cond in self._send_conds.items():
                 if pids is None or pid in pids:
                     cond.notify()
+        if wake & Wake.TIMER:
+            self._cond_timer.notify()
+        if self.session.has_events:
+            self._on_events()
+
+    def _on_events(self) -> None:
+        """Lock held: act on what the core says happened (log it, close a failed path's socket, let the dialler
+        re-dial it). Closing a socket is a non-blocking shutdown; the callback only starts a thread."""
+        session = self.session
+        while (event := session.next_event()) is not None:
+            match event:
+                case PathFailed(pid, reason, requeued, _):
+                    channel = self.channels.get(pid)
+                    if channel is None or self._closing:
+                        continue
+                    LOG.warning(f"path {pid} ({channel.label}) down: {reason}; {requeued} bytes to resend elsewhere")
+                    channel.abort()
+                    if self.on_path_down is not None:
+                        self.on_path_down(pid, reason)
+                case PathStale(pid, silent, requeued) if requeued:
+                    LOG.info(f"path {pid} silent for {silent:.1f} s: {requeued} bytes sent again on the others")
+                case AllPathsDown(timeout):
+                    if not self._closing:
+                        LOG.warning(f"all paths are down; waiting up to {timeout:g} s for one to come back")
+                case _:  # PathJoined: the server and client say who joined; StreamEnded, SessionTerminated: the
+                    pass  # pumps and run() see them in the state they wait on
 
     @property
     def finished(self) -> bool:
@@ -130,30 +156,22 @@ class SessionRunner:
             self.labels[pid] = channel.label
             self._send_conds.setdefault(pid, threading.Condition(self.lock))
             channel.set_send_stall(self.session.config.dead_after)
-            self._peer_closed.discard(pid)
             self.session.add_path(pid, self.clock(), channel.label)
-            self._all_down_since = None
             self._wake()
         if old is not None:
             old.abort()
         self._spawn(f"send-{pid}", self._sender, pid, channel)
         self._spawn(f"recv-{pid}", self._receiver, pid, channel)
 
-    def _path_down(self, pid: int, channel: Channel, reason: str, peer_closed: bool) -> None:
+    def _path_down(self, pid: int, channel: Channel, reason: str) -> None:
+        """The transport lost path pid (closed or reset by the peer, a failed send): tell the core."""
         with self.lock:
-            if self.channels.get(pid) is not channel:
-                return  # superseded by a re-join
-            path = self.session.paths[pid]
-            was_alive = path.alive
-            if peer_closed and was_alive:  # the first cause counts: our own abort of a silent path is no close
-                self._peer_closed.add(pid)
-            if was_alive and not self._closing:
-                requeued = self.session.fail_path(pid, reason, self.clock())
-                LOG.warning(f"path {pid} ({channel.label}) down: {reason}; {requeued} bytes to resend elsewhere")
+            if self.channels.get(pid) is not channel or self._closing:
+                channel.abort()
+                return  # superseded by a re-join, or we are closing anyway
+            self.session.fail_path(pid, reason, self.clock(), peer_closed=True)
             self._wake()
         channel.abort()
-        if was_alive and not self._closing and self.on_path_down is not None:
-            self.on_path_down(pid, reason)
 
     def _sender(self, pid: int, channel: Channel) -> None:
         session, cond = self.session, self._send_conds[pid]
@@ -172,18 +190,18 @@ class SessionRunner:
                         cond.wait(0.25)
                 channel.send(encode_parts(frame), data=isinstance(frame, Data))
         except TransportError as exc:
-            self._path_down(pid, channel, str(exc), peer_closed=True)
+            self._path_down(pid, channel, str(exc))
 
     def _receiver(self, pid: int, channel: Channel) -> None:
         session = self.session
         try:
             while True:
-                buf = channel.recv()
+                buf = channel.recv(SESSION)
                 if buf is None:
                     with self.lock:
                         done = self._closing or self.session.complete
                     if not done:
-                        self._path_down(pid, channel, "closed by the peer", peer_closed=True)
+                        self._path_down(pid, channel, "closed by the peer")
                     return
                 frame = decode(buf, SESSION)
                 with self.lock:
@@ -191,25 +209,13 @@ class SessionRunner:
                         return
                     session.receive(pid, frame, self.clock())
                     self._wake()
-        except IntegrityError as exc:  # altered, injected or replayed on this path: the path goes, not the session
+        except RemoteProtocolError as exc:  # refused by the transport or the opener: the core decides what it costs
             with self.lock:
-                if self.channels.get(pid) is not channel or self._closing:
-                    return
-                aborted = session.auth_failed(pid, str(exc), self.clock())
-                self._wake()
-            if not aborted:
-                LOG.warning(f"path {pid} ({channel.label}) down: {exc}")
-                channel.abort()
-                if self.on_path_down is not None:
-                    self.on_path_down(pid, str(exc))
-        except RemoteProtocolError as exc:
-            with self.lock:
-                self._fail(AbortCode(exc.abort_code), RemoteProtocolError(f"path {pid}: {exc}"))
+                if self.channels.get(pid) is channel and not self._closing:
+                    session.peer_violated(pid, exc, self.clock())
+                    self._wake()
         except TransportError as exc:
-            with self.lock:
-                closing = self._closing
-            if not closing:
-                self._path_down(pid, channel, str(exc), peer_closed=True)
+            self._path_down(pid, channel, str(exc))
         except Exception as exc:  # noqa: BLE001 -- a bug reached from a peer's bytes: one line, never a traceback
             with self.lock:
                 self._fail(AbortCode.INTERNAL, SctpbondError(f"internal error on path {pid}: "
@@ -236,7 +242,7 @@ class SessionRunner:
                     self._fail(AbortCode.CANCELLED, TransferFailed(f"cannot read input: {exc.strerror or exc}"))
                 return
             if data:
-                session.tx_digest.update(data)  # only this thread writes: the digest keeps stream order
+                session.hash_sent(data)  # only this thread feeds write(): off the lock, in stream order
             with self.lock:
                 if not data:
                     session.close_send(self.clock())
@@ -265,7 +271,7 @@ class SessionRunner:
             total = 0
             try:
                 for chunk in chunks:
-                    session.rx_digest.update(chunk)  # outside the lock; consumed() below checks it at the end
+                    session.hash_received(chunk)  # outside the lock; consumed() below checks it at the end
                     if fd is not None:
                         _write_all(fd, chunk)
                     total += len(chunk)
@@ -279,28 +285,25 @@ class SessionRunner:
                 self._wake()
 
     def _ticker(self) -> None:
-        cfg = self.config
+        """Run the core's timers at its deadline (get_timer), poll the transports' RTTs every rtt_poll."""
+        cfg, session = self.config, self.session
         rtt_polled = info_polled = time.monotonic()
-        while not self._stop.wait(cfg.tick):
+        while not self._stop.is_set():
             if time.monotonic() - rtt_polled >= cfg.rtt_poll:
                 rtt_polled = time.monotonic()
                 refresh_info = rtt_polled - info_polled >= 1.0
                 if refresh_info:
                     info_polled = rtt_polled
                 self._poll_transports(refresh_info)
-            down: list[tuple[int, Channel]] = []
             with self.lock:
-                now = self.clock()
-                for pid in self.session.handle_timer(now):
-                    channel = self.channels[pid]
-                    LOG.warning(f"path {pid} ({channel.label}) down: {self.session.paths[pid].down_reason}")
-                    down.append((pid, channel))
-                self._check_all_down(now)
+                session.handle_timer(self.clock())
                 self._wake()
-            for pid, channel in down:
-                channel.abort()
-                if self.on_path_down is not None:
-                    self.on_path_down(pid, self.session.paths[pid].down_reason)
+                if self._stop.is_set():
+                    return
+                deadline = session.get_timer()
+                now = self.clock()
+                wait = cfg.rtt_poll if deadline is None else deadline - now
+                self._cond_timer.wait(min(max(wait, cfg.min_timer), cfg.rtt_poll - (time.monotonic() - rtt_polled)))
 
     def _poll_transports(self, refresh_info: bool) -> None:
         """Hand the core each transport's RTT and, with `refresh_info`, refresh the transport state kept for the
@@ -315,21 +318,6 @@ class SessionRunner:
             for pid, channel, rtt in rtts:
                 if self.channels.get(pid) is channel:
                     self.session.transport_rtt(pid, rtt)
-
-    def _check_all_down(self, now: float) -> None:
-        session = self.session
-        if self.finished or session.alive_paths or not session.paths:
-            self._all_down_since = None
-            return
-        if self._all_down_since is None:
-            self._all_down_since = now
-            LOG.warning(f"all paths are down; waiting up to {self.config.path_timeout:g} s for one to come back")
-        waited = now - self._all_down_since
-        peer_gone = self._peer_closed >= set(session.paths)
-        if waited >= self.config.path_timeout or (peer_gone and waited >= self.config.peer_gone_grace):
-            why = ("the peer closed every path (its process is gone?)" if peer_gone
-                   else f"no path came back within {waited:.0f} s")
-            session.abort(AbortCode.TIMEOUT, why, TransferFailed(f"transfer failed: {why}; {session.progress()}"))
 
     # -- running ---------------------------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -395,6 +383,8 @@ class SessionRunner:
             success = self.session.failure is None
         self._join(("send-", "recv-") if success else ("send-",), self.config.close_timeout)
         self._stop.set()
+        with self.lock:
+            self._cond_timer.notify()
         for pid, channel in channels.items():  # last transport state, while the sockets still exist
             self._final_info[pid] = channel.info()
         for channel in channels.values():
@@ -403,7 +393,7 @@ class SessionRunner:
 
     def stats(self) -> dict:
         with self.lock:
-            stats = self.session.stats(self.clock())
+            stats = to_json(self.session.stats(self.clock()))
             for entry in stats["paths"]:
                 channel = self.channels.get(entry["id"])
                 entry["transport"] = channel.transport if channel else None

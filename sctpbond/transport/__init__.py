@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Sequence
 from types import ModuleType
 
 from ..errors import SctpUnavailableError, UsageError
+from ..host import sctp_support
+
+__all__ = ["TRANSPORTS", "load", "make_listeners", "resolve", "sctp_support"]
 
 TRANSPORTS = ("auto", "tcp", "sctp")
-
-
-def sctp_support() -> tuple[bool, str]:
-    """(available, why not). Kernel SCTP must exist; the data path uses the stdlib socket module."""
-    proto = getattr(socket, "IPPROTO_SCTP", 132)
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto).close()
-    except OSError as exc:
-        return False, f"this kernel has no SCTP ({exc.strerror}); try `modprobe sctp`"
-    return True, ""
 
 
 def load(name: str) -> ModuleType:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sctpbond.topology import NETNS_DIR, Network
+from sctpbond.lab.topology import NETNS_DIR, Network
 
 SCTPBOND = [sys.executable, "-m", "sctpbond"]
 PORT = 7300

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from sctpbond.topology import Network
+from sctpbond.lab.topology import Network
 
 from . import wirepeer as wp
 from .harness import PORT, SCTPBOND, enter_netns, free_port, in_netns, random_file, sha256_file, stop, wait_for_text

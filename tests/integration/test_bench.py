@@ -91,7 +91,7 @@ def test_demo_2x200_64M_hashes_match():
 
 
 def test_link_counters_read_host_a_veths_from_procfs(netns_topology):
-    from sctpbond.bench import Counters
+    from sctpbond.lab.counters import Counters
 
     net = netns_topology("4x20")
     counters = Counters(net, "a", [net.ifname("a", i) for i in range(net.n_links)])

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sctpbond.topology import LinkSpec, Topology
+from sctpbond.lab.topology import LinkSpec, Topology
 
 from .harness import SCTPBOND, random_file, stop, transfer, wait_for_bytes, wait_listening
 from .harness import assert_ok as _ok

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from sctpbond.lab.topology import Network
 from sctpbond.proto.frames import (
     BODY_LIMITS,
     HEADER,
@@ -42,7 +43,6 @@ from sctpbond.proto.frames import (
     Welcome,
     encode,
 )
-from sctpbond.topology import Network
 
 from .harness import (
     PORT,

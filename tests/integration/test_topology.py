@@ -1,4 +1,4 @@
-"""sctpbond.topology against the real kernel: namespaces, veth links, tbf shaping, nftables faults."""
+"""sctpbond.lab.topology against the real kernel: namespaces, veth links, tbf shaping, nftables faults."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sctpbond import topology
 from sctpbond.errors import SctpbondError
-from sctpbond.topology import LinkSpec, Network, Topology, TopologyError, builtin_names, load
+from sctpbond.lab import topology
+from sctpbond.lab.topology import LinkSpec, Network, Topology, TopologyError, builtin_names, load
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sctpbond.topology import link_counters
+from sctpbond.lab.topology import link_counters
 from sctpbond.transport import sctp_support
 from tests.integration import harness
 from tests.integration.harness import random_file, sha256_file, transfer, wait_for_bytes

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from sctpbond.topology import LinkSpec, Topology
+from sctpbond.lab.topology import LinkSpec, Topology
 from sctpbond.transport import sctp_support
 from tests.integration.harness import random_file, sha256_file, transfer, wait_for_bytes
 

@@ -6,12 +6,14 @@ is below sndbuf, like a socket send buffer. Frames cross as bytes: DATA as `data
 runtime sends with sendmsg), everything else via `frames.encode`; the receiving side decodes with
 `frames.decode` (message links, SCTP-like) or a `FrameReader` fed random splits (stream links, TCP-like).
 
-The drive loop mirrors sctpbond.runtime.runner: a path's sender calls `next_frame(pid, now)` while its link
-accepts; when it gets None it waits for a `Wake.SEND` from `take_wake()` addressed to it (`take_send_wakes()`),
-or, like the runner's `cond.wait(0.25)`, a fallback timeout: a frame found by the fallback is counted as a lost
-wakeup). The
-application moves data every step; `handle_timer(now)` runs every `tick`. The clock jumps to the next thing
-that can happen (arrival, tick, link writable, scheduled event), so a run costs per frame, not per millisecond.
+The simulator is a second driver of the session's contract, beside sctpbond.runtime.runner (not a copy of it): a
+path's sender calls `next_frame(pid, now)` while its link accepts; when it gets None it waits for a `Wake.SEND`
+from `take_wake()` addressed to it (`take_send_wakes()`), or, like the runner's `cond.wait(0.25)`, a fallback
+timeout: a frame found by the fallback is counted as a lost wakeup). The application moves data every step;
+`handle_timer(now)` runs when the session's `get_timer()` deadline has come (no sooner than `tick` after the last
+run, as the runner's min_timer), and every event (`next_event()`) is taken and kept in `self.log`. The clock
+jumps to the next thing that can happen (arrival, a timer, link writable, scheduled event), so a run costs per
+frame, not per millisecond.
 
 Faults: `kill(pid)` (both sides notice at once, e.g. a reset: fail_path on both, frames in flight lost),
 `blackhole(pid)` (every frame on the path vanishes from then on; only silence detection can notice), and
@@ -28,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sctpbond.proto.events import PathFailed
 from sctpbond.proto.frames import (
     Data,
     FrameReader,
@@ -188,7 +191,8 @@ class Sim:
         self.events: list[tuple[float, int, Callable[[float], None]]] = []
         self.dups: list[tuple[float, int, str, int, bytes]] = []
         self._seq = 0
-        self.next_tick = self.now
+        self.timer_at = {"a": self.now, "b": self.now}  # when each session's handle_timer runs next
+        self.log: list[tuple[float, str, object]] = []  # every event the sessions gave: (time, side, event)
         self.sends: list[SendRecord] = []
         self.lost_wakeups = 0
         self.timer_failures: list[tuple[float, str, int]] = []  # (time, side, pid) failed by handle_timer
@@ -283,11 +287,14 @@ class Sim:
         self._deliver(now)
         for app in self.apps.values():
             app.pump(now)
-        if now >= self.next_tick:
-            for name, s in (("a", self.a), ("b", self.b)):
-                for pid in s.handle_timer(now):
-                    self.timer_failures.append((now, name, pid))
-            self.next_tick = now + self.tick
+        for name, s in (("a", self.a), ("b", self.b)):
+            if now >= self.timer_at[name]:
+                s.handle_timer(now)
+                for event in self._events(name, s, now):
+                    if isinstance(event, PathFailed) and event.reason.startswith("no answer"):
+                        self.timer_failures.append((now, name, event.path_id))
+                deadline = s.get_timer()
+                self.timer_at[name] = math.inf if deadline is None else max(deadline, now + self.tick)
         self._take_wakes()
         order = list(self.links)
         self.rng.shuffle(order)
@@ -296,9 +303,22 @@ class Sim:
         self._take_wakes()
         self.now = self._next_time(now)
 
+    def _events(self, name: str, s: Session, now: float) -> list:
+        taken = []
+        while (event := s.next_event()) is not None:
+            taken.append(event)
+            self.log.append((now, name, event))
+        return taken
+
     def _take_wakes(self) -> None:
-        for d, s in self.sender_of.items():
-            if s.take_wake() & Wake.SEND:
+        for name, (d, s) in zip(("a", "b"), self.sender_of.items(), strict=True):
+            self._events(name, s, self.now)
+            wake = s.take_wake()
+            if wake & Wake.TIMER:  # an earlier deadline: armed as the runner's timer thread re-arms it
+                deadline = s.get_timer()
+                if deadline is not None:
+                    self.timer_at[name] = min(self.timer_at[name], max(deadline, self.now))
+            if wake & Wake.SEND:
                 woken = s.take_send_wakes()  # only these senders wake, as in the runner
                 for pid in self.pids:
                     if woken is None or pid in woken:
@@ -381,7 +401,9 @@ class Sim:
         self.duplicates_sent += 1
 
     def _next_time(self, now: float) -> float:
-        cands = [self.next_tick]
+        if any(t <= now for t in self.timer_at.values()):
+            return now  # a timer came due during this step (Wake.TIMER): run it at once, as the runner would
+        cands = [t for t in self.timer_at.values() if t != math.inf]
         if self.events:
             cands.append(self.events[0][0])
         if self.dups:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sctpbond.bench import BenchConfig, plan
+from sctpbond.lab.bench import plan
+from sctpbond.lab.rig import BenchConfig
 
 
 def _cfg(baselines: list[str]) -> BenchConfig:
@@ -26,7 +27,7 @@ def test_sctp_baselines_are_skipped_with_a_reason_without_kernel_sctp(baseline: 
 
 
 def test_link_counters_parse_proc_net_dev() -> None:
-    from sctpbond.topology import link_counters
+    from sctpbond.lab.topology import link_counters
 
     text = (
         "Inter-|   Receive                                                |  Transmit\n"

@@ -8,6 +8,7 @@ was alive long enough carried data; nobody waits for a wake that never comes.
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import xxhash
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sctpbond.errors import LocalProtocolError, RemoteProtocolError, SessionAborted
+from sctpbond.proto.events import PathFailed, SessionTerminated
 from sctpbond.proto.frames import (
     Abort,
     AbortCode,
@@ -28,6 +30,7 @@ from sctpbond.proto.frames import (
 )
 from sctpbond.proto.scheduler import SchedulerConfig
 from sctpbond.proto.session import Session, SessionConfig, Wake
+from sctpbond.proto.stats import to_json
 
 from .sim import AB, BA, PathSpec, Sim
 
@@ -519,6 +522,16 @@ def test_close_send_puts_fin_on_every_path_and_completes() -> None:
 D16 = bytes(16)  # a FIN's digest (always 16 bytes)
 
 
+def timer_failures(s: Session, now: float) -> list[int]:
+    """Run the session's timers; the ids of the paths they failed (PathFailed events)."""
+    s.handle_timer(now)
+    failed = []
+    while (e := s.next_event()) is not None:
+        if isinstance(e, PathFailed):
+            failed.append(e.path_id)
+    return failed
+
+
 @pytest.mark.parametrize(
     ("frames", "match"),
     [
@@ -532,10 +545,18 @@ D16 = bytes(16)  # a FIN's digest (always 16 bytes)
     ids=["ack-beyond-sent", "data-past-fin", "two-fins", "fin-below-received", "beyond-window", "hello"],
 )
 def test_peer_protocol_violations(frames, match) -> None:
+    """A violation is not raised out of receive(): the core aborts the session with the code the error carries,
+    tells the peer (ABORT on every path) and says so in a SessionTerminated event."""
     _, b = pair()
-    with pytest.raises(RemoteProtocolError, match=match):
-        for f in frames:
-            b.receive(0, f, 10.0)
+    for f in frames:
+        b.receive(0, f, 10.0)
+    assert isinstance(b.failure, RemoteProtocolError) and re.search(match, str(b.failure)), b.failure
+    events = []
+    while (e := b.next_event()) is not None:
+        events.append(e)
+    assert events[-1] == SessionTerminated(b.failure)
+    abort = [f for f in iter(lambda: b.next_frame(0, 10.0), None) if isinstance(f, Abort)]
+    assert abort and abort[0].code == AbortCode.PROTOCOL
 
 
 def test_abort_from_peer_fails_the_session() -> None:
@@ -576,10 +597,10 @@ def test_transport_rtt_reaches_the_path_and_is_forgotten_on_rejoin() -> None:
 def test_stats_say_when_each_path_joined_and_when_it_last_rejoined() -> None:
     a, _ = pair(paths=(0,), now=10.0)
     a.add_path(1, 10.4)  # joined 0.4 s after the session opened
-    assert [p["up_at_s"] for p in a.stats(11.0)["paths"]] == [0.0, 0.4]
+    assert [p["up_at_s"] for p in to_json(a.stats(11.0))["paths"]] == [0.0, 0.4]
     a.fail_path(1, "test", 11.0)
     a.add_path(1, 12.5)
-    assert a.stats(13.0)["paths"][1]["up_at_s"] == 2.5
+    assert to_json(a.stats(13.0))["paths"][1]["up_at_s"] == 2.5
 
 
 def test_a_busy_path_pings_only_to_refresh_its_rtt() -> None:
@@ -664,7 +685,7 @@ def test_digest_match_acknowledges_fin_and_both_complete() -> None:
     _deliver(b, a, 10.02)
     _deliver(a, b, 10.03)
     assert a.send_done and b.recv_done
-    assert b.stats(10.04)["received_digest"] == xxhash.xxh3_128(b"hello world").hexdigest()
+    assert b.stats(10.04).received_digest == xxhash.xxh3_128(b"hello world").hexdigest()
 
 
 def test_digest_mismatch_fails_the_receiver_and_never_acknowledges_the_fin() -> None:
@@ -713,7 +734,7 @@ def test_a_silent_path_turns_stale_and_its_chunks_go_out_again_elsewhere() -> No
     a.receive(1, Pong(int(10.499e6)), 10.5)
     assert not a.paths[1].stale and a.paths[1].stale_events == 1
     a.receive(0, Pong(int(11.549e6)), 11.55)
-    assert a.handle_timer(11.6) == [1]  # path 1 silent since 10.5: past dead_after, now it is dead
+    assert timer_failures(a, 11.6) == [1]  # path 1 silent since 10.5: past dead_after, now it is dead
     assert a.paths[0].alive and not a.paths[1].alive
 
 
@@ -725,6 +746,6 @@ def test_silence_limits_grow_with_a_long_round_trip() -> None:
         pass
     a.paths[1].srtt = 0.5  # 3 x 0.5 s to turn stale, 6 x 0.5 s to be dead
     a.receive(0, Pong(int(12.9e6)), 12.95)
-    assert a.handle_timer(11.2) == [] and not a.paths[1].stale
-    assert a.handle_timer(11.6) == [] and a.paths[1].stale
-    assert a.handle_timer(13.1) == [1]
+    assert timer_failures(a, 11.2) == [] and not a.paths[1].stale
+    assert timer_failures(a, 11.6) == [] and a.paths[1].stale
+    assert timer_failures(a, 13.1) == [1]

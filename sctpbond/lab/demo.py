@@ -9,34 +9,24 @@ from the interface counters; the topology is always torn down.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .bench import (
-    BOND_PORT,
-    SCTPBOND,
-    Bench,
-    BenchConfig,
-    BenchError,
-    Progress,
-    _need,
-    _require_root,
-    bench_session,
-    kernel_has_sctp,
-    mbit,
-    pipe_of,
-    remove_stale_namespaces,
-    watch,
-)
-from .errors import TransferFailed, UsageError
-from .units import human_bytes, parse_size
+from ..console import friendly_errors
+from ..defaults import DEFAULT_PORT
+from ..errors import TransferFailed, UsageError
+from ..host import sctp_support
+from ..units import human_bytes, mbit, parse_size
+from .baselines import iperf_single
+from .counters import Progress, watch
+from .procs import SCTPBOND, BenchError, need, pipe_of, read_json, require_root, stats_paths
+from .rig import Bench, BenchConfig, bench_session, remove_stale_namespaces
 
 if TYPE_CHECKING:
     from .topology import Network
@@ -133,10 +123,10 @@ class Consumer(threading.Thread):
 def run_demo(topology: str, size: int, transport: str, tcp_seconds: float) -> None:
     from .topology import load
 
-    _require_root("sctpbond demo")
+    require_root("sctpbond demo")
     for tool, pkg in (("iperf3", "iperf3"), ("nsenter", "util-linux"), ("ss", "iproute2"), ("nft", "nftables")):
-        _need(tool, pkg)
-    if transport == "sctp" and not kernel_has_sctp():
+        need(tool, pkg)
+    if transport == "sctp" and not sctp_support()[0]:
         raise UsageError("--transport sctp: this kernel has no SCTP (try `modprobe sctp`, or the VM)")
     topo = load(topology)
     remove_stale_namespaces()
@@ -148,7 +138,7 @@ def run_demo(topology: str, size: int, transport: str, tcp_seconds: float) -> No
                       paths=None, progress_every=0.5, progress_err=False)
     with bench_session(topo, cfg, "demo") as bench:
         echo(f"\n1) one plain TCP connection on link 0 (iperf3, {tcp_seconds:g} s)")
-        tcp = bench.iperf_single(0, "tcp", 0).mbit_s
+        tcp = iperf_single(bench, 0, "tcp", 0).mbit_s
         echo(f"   one TCP connection: {tcp:.1f} Mbit/s")
         _bonded(bench.net, bench, bench.workdir, size, transport, tcp, n)
 
@@ -156,20 +146,20 @@ def run_demo(topology: str, size: int, transport: str, tcp_seconds: float) -> No
 def _bonded(net: Network, bench: Bench, tmp: Path, size: int, transport: str, tcp: float, n: int) -> None:
     echo = click.echo
     lstats, cstats = tmp / "listen.json", tmp / "connect.json"
-    common = ["-p", str(BOND_PORT), "-t", transport]
-    listener = bench._popen("b", "sctpbond listen", SCTPBOND + ["listen", *common, "-N", "--stats-json", str(lstats)],
-                            stdout=subprocess.PIPE)
+    common = ["-p", str(DEFAULT_PORT), "-t", transport]
+    listener = bench.popen("b", "sctpbond listen", SCTPBOND + ["listen", *common, "-N", "--stats-json", str(lstats)],
+                           stdout=subprocess.PIPE)
     consumer = Consumer(os.dup(pipe_of(listener.popen.stdout).fileno()))
     pipe_of(listener.popen.stdout).close()
     consumer.start()
     producer: Producer | None = None
     try:
-        bench._wait_listening(BOND_PORT, proc=listener)
+        bench.wait_listening(DEFAULT_PORT, proc=listener)
         addrs = [net.addr("b", i) for i in range(n)]
-        start = bench._mark()
-        client = bench._popen("a", "sctpbond connect", SCTPBOND + ["connect", *common, "-o", "/dev/null",
-                                                                   "--stats-json", str(cstats), *addrs],
-                              stdin=subprocess.PIPE)
+        start = bench.mark()
+        client = bench.popen("a", "sctpbond connect", SCTPBOND + ["connect", *common, "-o", "/dev/null",
+                                                                  "--stats-json", str(cstats), *addrs],
+                             stdin=subprocess.PIPE)
         producer = Producer(os.dup(pipe_of(client.popen.stdin).fileno()), size)
         pipe_of(client.popen.stdin).close()
         echo(f"\n2) {human_bytes(size)} of random data through sctpbond over {n} links "
@@ -187,24 +177,18 @@ def _bonded(net: Network, bench: Bench, tmp: Path, size: int, transport: str, tc
         for t in (producer, consumer):
             if t is not None:
                 t.join(10)
-    for p in (client, listener):
-        if p.rc != 0:
-            raise BenchError(p.failure())
-    _report(net, lstats, producer, consumer, tcp, n, size)
+    ls = read_json(lstats, "sctpbond transfer", client, listener)
+    _report(net, ls, producer, consumer, tcp, n, size)
 
 
-def _report(net: Network, lstats: Path, producer: Producer, consumer: Consumer, tcp: float, n: int,
+def _report(net: Network, ls: dict[str, Any], producer: Producer, consumer: Consumer, tcp: float, n: int,
             size: int) -> None:
     echo = click.echo
-    try:
-        ls = json.loads(lstats.read_text())
-    except (OSError, ValueError):
-        raise BenchError("the listener wrote no statistics") from None
     elapsed = float(ls["elapsed_s"])
     total = mbit(consumer.received, elapsed)
     echo(f"\nresult: {human_bytes(consumer.received)} in {elapsed:.2f} s")
-    for p in sorted(ls.get("paths", []), key=lambda p: p["id"]):
-        where = f"link {p['id']} ({net.addr('b', p['id'])})" if p["id"] < n else f"path {p['id']}"
+    for pid, p in stats_paths(ls).items():  # path i is link i: connect got the links' addresses in order
+        where = f"link {pid} ({net.addr('b', pid)})" if pid < n else f"path {pid}"
         echo(f"   {where}: {mbit(p['bytes_received'], elapsed):7.1f} Mbit/s")
     ideal = n * tcp
     echo(f"   total: {total:.1f} Mbit/s = {total / ideal:.2f} x {n} x one TCP ({tcp:.1f} Mbit/s), "
@@ -225,20 +209,15 @@ def _report(net: Network, lstats: Path, producer: Producer, consumer: Consumer, 
 @click.option("--transport", "-t", type=click.Choice(["auto", "tcp", "sctp"]), default="auto", show_default=True)
 @click.option("--tcp-seconds", type=click.FloatRange(1, 60), default=5.0, show_default=True,
               help="Length of the single-TCP reference measurement.")
+@friendly_errors
 def demo(topology: str, size_text: str, transport: str, tcp_seconds: float) -> None:
     """Show sctpbond summing the links: one TCP connection vs sctpbond over all links (needs root).
 
     Example: sudo sctpbond demo --topology 4x200 --size 1G
     """
-    from .cli import friendly_errors
-
-    @friendly_errors
-    def go() -> None:
-        size = parse_size(size_text, "--size")
-        if size < BLOCK:
-            raise UsageError("--size must be at least 1M")
-        t = transport if transport != "auto" else ("sctp" if kernel_has_sctp() else "tcp")
-        run_demo(topology, size, t, tcp_seconds)
-
-    go()
+    size = parse_size(size_text, "--size")
+    if size < BLOCK:
+        raise UsageError("--size must be at least 1M")
+    t = transport if transport != "auto" else ("sctp" if sctp_support()[0] else "tcp")
+    run_demo(topology, size, t, tcp_seconds)
 

@@ -37,8 +37,8 @@ MAX_LINKS = 16
 MAX_RATE_MBIT = 32_000.0
 # Shipped topology files live in <repo>/netns/; an installed wheel may carry them in sctpbond/topologies/.
 TOPOLOGY_DIRS = (
-    Path(__file__).resolve().parent.parent / "netns",
-    Path(__file__).resolve().parent / "topologies",
+    Path(__file__).resolve().parents[2] / "netns",
+    Path(__file__).resolve().parents[1] / "topologies",
 )
 NETNS_DIR = Path(netns.NETNS_RUN_DIR)
 NFT_TABLE = "sctpbond"

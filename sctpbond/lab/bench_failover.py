@@ -16,9 +16,12 @@ from pathlib import Path
 
 import click
 
-from .bench import BOND_PORT, SCTPBOND, BenchConfig, Proc, bench_session
-from .errors import SctpbondError
-from .units import parse_size
+from ..console import friendly_errors
+from ..defaults import DEFAULT_PORT
+from ..units import parse_size
+from .baselines import iperf_single
+from .procs import SCTPBOND, BenchError, Proc, read_json, stats_paths
+from .rig import BenchConfig, bench_session
 
 
 def _ideal_seconds(size: int, rate_bps: float, n: int, t_down: float, t_black: float) -> float:
@@ -38,7 +41,7 @@ def _wait(proc: Proc, timeout: float) -> None:
     proc.wait_dead(timeout)
     if not proc.finished():
         proc.kill()
-        raise SctpbondError(f"{proc.name} did not finish within {timeout:g} s")
+        raise BenchError(f"{proc.name} did not finish within {timeout:g} s")
 
 
 @click.command("bench-failover")
@@ -46,38 +49,34 @@ def _wait(proc: Proc, timeout: float) -> None:
 @click.option("--size", default="512M", show_default=True)
 @click.option("--transport", type=click.Choice(["tcp", "sctp"]), default="tcp", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the figures here.")
+@friendly_errors
 def bench_failover(topology: str, size: str, transport: str, json_out: str | None) -> None:
     """Link 1 down at 1 s, link 2 blackholed at 2 s: time to completion against the ideal, failover latency."""
-    from .cli import friendly_errors
-
-    friendly_errors(_bench_failover)(topology, size, transport, json_out)
-
-
-def _bench_failover(topology: str, size: str, transport: str, json_out: str | None) -> None:
     from .topology import load  # pyroute2 is slow to import: only for the commands that need it
 
     nbytes = parse_size(size)
     topo = load(topology)
     n = len(topo.links)
     if n < 3:
-        raise SctpbondError("bench-failover needs at least 3 links")
+        raise BenchError("bench-failover needs at least 3 links")
     cfg = BenchConfig(topology=topology, transports=[transport], baselines=["tcp"], size=None, seconds=3.0,
                       paths=None, progress=False)
     with bench_session(topo, cfg, "failover") as bench:
         net, tmp = bench.net, bench.workdir
         src, dst = tmp / "in", tmp / "out"
         subprocess.run(["sh", "-c", f"head -c {nbytes} /dev/urandom > {src}"], check=True)
-        rate = bench.iperf_single(0, "tcp", 0).mbit_s
+        rate = iperf_single(bench, 0, "tcp", 0).mbit_s
         click.echo(f"one TCP connection on link 0: {rate:.1f} Mbit/s")
         lstats, cstats = tmp / "l.json", tmp / "c.json"
-        common = ["-p", str(BOND_PORT), "-t", transport]
-        listener = bench._popen("b", "sctpbond listen", SCTPBOND + ["listen", *common, "-N", "-o", str(dst),
-                                                                    "--stats-json", str(lstats)])
-        bench._wait_listening(BOND_PORT, proc=listener)
+        common = ["-p", str(DEFAULT_PORT), "-t", transport]
+        listener = bench.popen("b", "sctpbond listen", SCTPBOND + ["listen", *common, "-N", "-o", str(dst),
+                                                                   "--stats-json", str(lstats)])
+        bench.wait_listening(DEFAULT_PORT, proc=listener)
         t0 = time.monotonic()
-        client = bench._popen("a", "sctpbond connect", SCTPBOND + ["connect", *common, "-v", "-i", str(src),
-                                                                   "--stats-json", str(cstats), "-o", "/dev/null"]
-                              + [net.addr("b", i) for i in range(n)])
+        # path i is link i: connect numbers its paths in the order their addresses are given
+        client = bench.popen("a", "sctpbond connect", SCTPBOND + ["connect", *common, "-v", "-i", str(src),
+                                                                  "--stats-json", str(cstats), "-o", "/dev/null"]
+                             + [net.addr("b", i) for i in range(n)])
         events = [(1.0, lambda: net.set_link(1, False)), (2.0, lambda: net.blackhole(2, True))]
 
         def schedule() -> None:
@@ -89,18 +88,14 @@ def _bench_failover(topology: str, size: str, transport: str, json_out: str | No
         _wait(client, 300)
         elapsed = time.monotonic() - t0
         _wait(listener, 60)
-        for proc in (client, listener):
-            if proc.rc:
-                raise SctpbondError(f"transfer failed: {proc.failure()}")
+        cs = read_json(cstats, "transfer failed", client, listener)
         same = subprocess.run(["cmp", "-s", str(src), str(dst)]).returncode == 0
-        cs = json.loads(cstats.read_text())
         ideal = _ideal_seconds(nbytes, rate * 1e6, n, 1.0, 2.0)
         # the session clock starts after the first path's handshake: shift by the client's start-up
         startup = elapsed - cs["elapsed_s"]
-        by_label = {p["label"].split("->")[1].split(":")[0]: p for p in cs["paths"] if "->" in p["label"]}
-        black_path = by_label.get(net.addr("b", 2))
+        black_path = stats_paths(cs).get(2)
         if black_path is None:
-            raise SctpbondError(f"no path to {net.addr('b', 2)} in the client's stats")
+            raise BenchError(f"no path 2 (to {net.addr('b', 2)}) in the client's stats")
         # The blackholed path's chunks go out again on the others the moment it turns stale (silent with data
         # outstanding); the first resend of all may come earlier, for the link set down at 1 s.
         first_resend_after_blackhole = None
@@ -125,4 +120,4 @@ def _bench_failover(topology: str, size: str, transport: str, json_out: str | No
         if json_out:
             Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
         if not same:
-            raise SctpbondError("received bytes differ from what was sent")
+            raise BenchError("received bytes differ from what was sent")
