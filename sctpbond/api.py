@@ -13,141 +13,177 @@
         data = stream.read()
         stream.write(data.upper())
 
-The session runs in background threads (the same runtime as the command line); the stream object moves bytes in
-and out through two pipes. Leaving the `with` block closes our direction, discards whatever the peer still sends
-that was not read, waits for both directions to be acknowledged, and raises the session's error if it failed
-(a subclass of `sctpbond.SctpbondError`). `stream.stats` then holds what `--stats-json` would write.
+The session runs in the runtime's threads (the same runtime as the command line); the stream object is the
+session's in-process Endpoint, with bounded queues both ways (no pipes, no thread of its own). Leaving the
+`with` block closes our direction, discards whatever the peer still sends that was not read, waits for both
+directions to be acknowledged, and raises the session's error if it failed (a subclass of
+`sctpbond.SctpbondError`). `stream.stats` then holds what `--stats-json` would write.
 """
 
 from __future__ import annotations
 
-import os
-import select
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from . import transport as transports
 from .errors import SctpbondError, UsageError
-from .runtime.endpoints import Endpoint, grow_pipe
+from .runtime.endpoints import Endpoint
 from .runtime.options import DEFAULT_PORT, Options, make_options
 
 MiB = 1 << 20
 
 
-class _PipeEndpoint(Endpoint):
-    """The listener's one session on the Stream's pipes."""
+class _StreamEndpoint(Endpoint):
+    """The session's application side, in process: what the application writes waits in `_to_peer` for the
+    runner's input pump, what the peer sent waits in `_from_peer` for the application's reads. Each holds at most
+    `cap` bytes, and a full one blocks its writer, as a pipe would: memory stays bounded whoever is slow."""
 
-    def __init__(self, source: int, sink: int, recv_done: Callable[[], None]) -> None:
-        self.source_fd, self.sink_fd, self._recv_done = source, sink, recv_done
-        self.label = "the Python API"
+    label = "the Python API"
+    join_timeout = 5.0
+
+    def __init__(self, cap: int = 4 * MiB) -> None:
+        self.cap = cap
+        self._cond = threading.Condition()
+        self._to_peer: deque[bytes] = deque()
+        self._from_peer: deque[bytes] = deque()
+        self._queued = {"to": 0, "from": 0}
+        self._to_peer_eof = self._from_peer_eof = False
+        self.ended = False  # the session is over (success or not): nothing more moves
+        self.error: BaseException | None = None
+
+    # -- the runner's side -------------------------------------------------------------------------------------
+    @property
+    def sends(self) -> bool:
+        return True
+
+    def read(self, n: int) -> bytes:
+        with self._cond:
+            self._cond.wait_for(lambda: self._to_peer or self._to_peer_eof or self.ended)
+            if not self._to_peer:
+                return b""
+            block = self._to_peer.popleft()
+            if len(block) > n:
+                block, rest = block[:n], block[n:]
+                self._to_peer.appendleft(rest)
+            self._queued["to"] -= len(block)
+            self._cond.notify_all()
+            return block
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._queued["from"] < self.cap or self.ended)
+            if self.ended:
+                return
+            self._from_peer.append(bytes(data))
+            self._queued["from"] += len(data)
+            self._cond.notify_all()
 
     def recv_done(self) -> None:
-        self._recv_done()
+        with self._cond:
+            self._from_peer_eof = True
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        self.end(None)
+
+    def session_failed(self, error: BaseException) -> None:
+        self.end(error)
+
+    def end(self, error: BaseException | None) -> None:
+        with self._cond:
+            self.ended, self._from_peer_eof = True, True
+            self.error = self.error or error
+            self._cond.notify_all()
+
+    # -- the application's side --------------------------------------------------------------------------------
+    def put(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queued["to"] < self.cap or self.ended)
+                if self.ended:
+                    raise self.error or SctpbondError("the session ended before all data was written")
+                piece = bytes(view[: self.cap])
+                self._to_peer.append(piece)
+                self._queued["to"] += len(piece)
+                self._cond.notify_all()
+            view = view[len(piece):]
+
+    def close_put(self) -> None:
+        with self._cond:
+            self._to_peer_eof = True
+            self._cond.notify_all()
+
+    def get(self, n: int) -> bytes:
+        """Up to n bytes the peer sent (n < 0: any amount available); b"" at its end."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._from_peer or self._from_peer_eof)
+            if not self._from_peer:
+                return b""
+            block = self._from_peer.popleft()
+            if 0 <= n < len(block):
+                block, rest = block[:n], block[n:]
+                self._from_peer.appendleft(rest)
+            self._queued["from"] -= len(block)
+            self._cond.notify_all()
+            return block
 
 
 class Stream:
-    """The application's side of a session: write()/close_write() what goes to the peer, read() what it sent."""
+    """The application's side of a session: write()/close_write() what goes to the peer, read() what it sent.
+    The session runs in the runtime's own threads; there is no pipe and no extra thread here."""
 
-    def __init__(self) -> None:
-        self._to_session_r, self._to_session_w = os.pipe()  # our writes -> the session's input pump
-        self._from_session_r, sink = os.pipe()  # the session's output pump -> our reads
-        self._from_session_w: int | None = sink
-        self._write_fd: int | None = self._to_session_w
-        os.set_blocking(self._to_session_w, False)
-        for fd in (self._to_session_w, sink):
-            grow_pipe(fd)  # fewer, larger reads for the pumps
-        self._lock = threading.Lock()
-        self._ended = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self, wait: Callable[[], dict]) -> None:
+        self._endpoint = _StreamEndpoint()
+        self._wait = wait
+        self._closed = False
+        self._result: dict | None = None
         self.error: BaseException | None = None
         self.stats: dict = {}
 
     # -- the application's side ----------------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of `data` (blocks while the session's window is full)."""
-        if self._write_fd is None:
+        if self._closed:
             raise UsageError("write after close_write()")
-        view = memoryview(data).cast("B")
-        while view:
-            try:
-                view = view[os.write(self._write_fd, view):]  # non-blocking: as much as the pipe takes
-                continue
-            except BlockingIOError:
-                pass
-            # Wait for room, but not for ever: the session may have ended (the pipe then never drains).
-            select.select([], [self._write_fd], [], 0.2)
-            if self._ended.is_set():
-                self._raise_failure("the session ended before all data was written")
+        self._endpoint.put(data)
 
     def close_write(self) -> None:
         """No more data from us: the peer reads end of stream once it has everything."""
-        if self._write_fd is not None:
-            os.close(self._write_fd)
-            self._write_fd = None
+        self._closed = True
+        self._endpoint.close_put()
 
     def read(self, n: int = -1) -> bytes:
         """Up to n bytes (n < 0: everything until the peer's end of stream). b"" means the peer's stream ended
         (check `wait()` to know whether it ended well)."""
         if n >= 0:
-            return os.read(self._from_session_r, n)
-        parts = []
-        while block := os.read(self._from_session_r, 1 << 20):
-            parts.append(block)
-        return b"".join(parts)
+            return self._endpoint.get(n)
+        return b"".join(iter(lambda: self._endpoint.get(-1), b""))
 
     def __iter__(self) -> Iterator[bytes]:
-        while block := os.read(self._from_session_r, 1 << 20):
-            yield block
+        return iter(lambda: self._endpoint.get(-1), b"")
 
-    def wait(self, timeout: float | None = None) -> dict:
+    def wait(self) -> dict:
         """Wait for the session to end; its stats, or raise why it failed."""
-        assert self._thread is not None
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError("the session is still running")
-        if self.error is not None:
-            raise self.error
-        return self.stats
-
-    # -- plumbing --------------------------------------------------------------------------------------------------
-    def _raise_failure(self, what: str) -> None:
-        if self.error is not None:
-            raise self.error
-        raise SctpbondError(what)
-
-    def _recv_done(self) -> None:
-        """The peer's whole stream is in the pipe: our reader sees its end (the session may go on sending)."""
-        with self._lock:
-            if self._from_session_w is not None:
-                os.close(self._from_session_w)
-                self._from_session_w = None
-
-    def _start(self, run: Callable[[int, int, Callable[[], None]], dict]) -> None:
-        sink = self._from_session_w
-        assert sink is not None
-
-        def target() -> None:
+        if self._result is None and self.error is None:
             try:
-                self.stats = run(self._to_session_r, sink, self._recv_done)
-            except BaseException as exc:  # handed to the application by wait() / the with block
+                self._result = self.stats = self._wait()
+            except BaseException as exc:
                 self.error = exc
             finally:
-                self._recv_done()  # on failure too: a reader must not wait for ever
-                self._ended.set()
-
-        self._thread = threading.Thread(target=target, name="sctpbond-session", daemon=True)
-        self._thread.start()
+                self._endpoint.end(self.error)
+        if self.error is not None:
+            raise self.error
+        assert self._result is not None
+        return self._result
 
     def _finish(self) -> None:
         self.close_write()
         for _ in self:  # drain what was not read: the session must be able to deliver its end
             pass
-        try:
-            self.wait()
-        finally:
-            os.close(self._to_session_r)
-            os.close(self._from_session_r)
+        self.wait()
 
 
 def options(*, key: bytes | str | None = None, encrypt: bool = True, window: int = 64 * MiB,
@@ -162,40 +198,39 @@ def options(*, key: bytes | str | None = None, encrypt: bool = True, window: int
 def connect(addresses: Sequence[str | tuple[str, int]], *, port: int = DEFAULT_PORT, transport: str = "auto",
             multiplier: int = 1, auto: bool = True, **settings: object) -> Iterator[Stream]:
     """Open a session over one path per address ("10.0.1.2", ("10.0.2.2", 7301) or "LOCAL=REMOTE"); with
-    `auto`, also over the addresses the listener advertises (from the local address that routes to each)."""
+    `auto`, also over the addresses the listener advertises (from the local address that routes to each).
+    Raises at once if no path can be opened."""
     from .runtime.client import Client, parse_path
 
     paths = [parse_path(a if isinstance(a, str) else f"{a[0]}:{a[1]}", port) for a in addresses]
     opts = options(**settings)  # type: ignore[arg-type]
-    stream = Stream()
-
-    def run(source: int, sink: int, recv_done: Callable[[], None]) -> dict:
-        return Client(paths, transport=transport, multiplier=multiplier, options=opts, source_fd=source,
-                      sink_fd=sink, auto=auto, on_recv_done=recv_done).run()
-
-    stream._start(run)
-    try:
-        yield stream
-    finally:
-        stream._finish()
+    client: Client | None = None
+    stream = Stream(lambda: client.wait() if client is not None else {})
+    client = Client(paths, transport=transport, multiplier=multiplier, options=opts, endpoint=stream._endpoint,
+                    auto=auto)
+    client.start()
+    yield from _serve(stream)
 
 
 @contextmanager
 def listen(port: int = DEFAULT_PORT, *, bind: Sequence[str] = ("0.0.0.0",), transport: str = "auto",
            accept_timeout: float | None = None, **settings: object) -> Iterator[Stream]:
     """Wait for one session on `port` (every address in `bind`). The `with` body starts at once: reads block
-    until the peer has connected and sent something."""
+    until the peer has connected and sent something (or accept_timeout passed: the block then raises)."""
     from .runtime.server import Server
 
     opts = options(**settings)  # type: ignore[arg-type]
     listeners = transports.make_listeners(transports.resolve(transport), list(bind), port)
-    stream = Stream()
+    server: Server | None = None
+    stream = Stream(lambda: server.wait() if server is not None else {})
+    server = Server(listeners, options=opts, endpoints=lambda info: stream._endpoint)
+    server.on_no_session = lambda: stream._endpoint.end(None)  # a reader waiting for a peer wakes up
+    server.start(accept_timeout)
+    yield from _serve(stream)
 
-    def run(source: int, sink: int, recv_done: Callable[[], None]) -> dict:
-        server = Server(listeners, options=opts, endpoints=lambda info: _PipeEndpoint(source, sink, recv_done))
-        return server.run(accept_timeout) if accept_timeout is not None else server.run()
 
-    stream._start(run)
+def _serve(stream: Stream) -> Iterator[Stream]:
+    """The `with` body, then the end: close our direction, drain, wait for both to be acknowledged."""
     try:
         yield stream
     finally:

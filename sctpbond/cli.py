@@ -163,16 +163,6 @@ def _stdin_fd(no_stdin: bool, input_file: str | None) -> tuple[int | None, Calla
     return 0, _nothing_to_close
 
 
-def _stdout_fd(output: str | None) -> tuple[int, Callable[[], None]]:
-    if output and output != "-":
-        try:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            raise UsageError(f"cannot open output {output}: {exc.strerror}") from None
-        return fd, lambda: os.close(fd)
-    return 1, _nothing_to_close
-
-
 def _finish_on_hangup(grace: float = 5.0) -> None:
     """As ssh ProxyCommand: ssh closes our stdin and stdout and sends SIGHUP at once when it is done. Dying there
     would cut the session short (the listener would log it as failed); instead let it close in order, for at most
@@ -348,6 +338,7 @@ def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multipli
     """Open a session over every given path, and over every further address the listener advertises; send
     stdin, write what comes back to stdout. A hostname stands for all its addresses."""
     from .runtime.client import Client, parse_path
+    from .runtime.endpoints import FileEndpoint, StdioEndpoint
 
     setup_logging(shared.verbose, shared.quiet)
     _finish_on_hangup()
@@ -361,14 +352,14 @@ def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multipli
     opts = _options(shared)
     src, close_src = _stdin_fd(shared.no_stdin, input_file)
     opts = _with_progress(opts, shared, src)
-    out, close_out = _stdout_fd(output)
+    endpoint = FileEndpoint(output, src) if output and output != "-" else StdioEndpoint(src, 1)
     try:
-        client = Client(paths, transport=shared.transport, multiplier=multiplier, options=opts, source_fd=src,
-                        sink_fd=out, auto=not no_auto)
+        client = Client(paths, transport=shared.transport, multiplier=multiplier, options=opts, endpoint=endpoint,
+                        auto=not no_auto)
         stats = client.run()
     finally:
         close_src()
-        close_out()
+        endpoint.close(True)
     _write_stats(shared.stats_json, stats)
     _summary(stats)
 

@@ -411,10 +411,10 @@ _DECODERS: dict[FrameType, Callable[[memoryview], Frame]] = {
 
 
 class FrameReader:
-    """Incremental decoder for a byte stream of frames (TCP).
-
-    `want()` says how many bytes complete the next header or body, so a transport can read exactly that much
-    (no over-read, no copy of payloads); `feed()` accepts any amount and returns the frames it completed.
+    """Incremental decoder for a byte stream of frames, fed in arbitrary pieces: the simulator's stream links,
+    captures and the fuzzers. `want()` says how many bytes complete the next header or body; `feed()` accepts any
+    amount, buffers it (a copy) and returns the frames it completed. The TCP transport does not use it: it reads
+    each header, then the body into a buffer of its exact size (transport/tcp.py), which copies nothing.
     """
 
     def __init__(self) -> None:

@@ -7,7 +7,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .. import routes
@@ -26,6 +26,7 @@ from ..proto.handshake import ClientHandshake, Negotiated
 from ..proto.session import Session
 from ..transport.base import Channel
 from ..transport.sealed import secure
+from .endpoints import Endpoint, StdioEndpoint
 from .options import Options
 from .runner import LOG, SessionRunner
 
@@ -73,8 +74,7 @@ def handshake(channel: Channel, hs: ClientHandshake, timeout: float) -> Negotiat
 
 class Client:
     def __init__(self, paths: Sequence[PathSpec], *, transport: str = "auto", multiplier: int = 1,
-                 options: Options = Options(), source_fd: int | None = 0, sink_fd: int | None = 1,
-                 auto: bool = True, on_recv_done: Callable[[], None] | None = None) -> None:
+                 options: Options = Options(), endpoint: Endpoint | None = None, auto: bool = True) -> None:
         """`auto`: also dial the addresses the listener advertises (from the local address that routes to each)."""
         if not paths:
             raise UsageError("no path given: name at least one ADDR")
@@ -89,8 +89,7 @@ class Client:
         self.subflows = dict(enumerate(subflows))
         self.multiplier, self.auto = multiplier, auto
         self.options = options
-        self.source_fd, self.sink_fd = source_fd, sink_fd
-        self.on_recv_done = on_recv_done  # everything the peer sent is written to sink_fd
+        self.endpoint = endpoint if endpoint is not None else StdioEndpoint(0, 1)
         self.transport = self.transport_names[0]
         self.token = bytes(TOKEN_SIZE)
         self.runner: SessionRunner | None = None
@@ -175,14 +174,26 @@ class Client:
 
     # -- running ----------------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        """start(), then wait()."""
+        self.start()
+        return self.wait()
+
+    def wait(self) -> dict:
+        """Until both directions are complete (their stats) or the session failed (raises why)."""
+        assert self.runner is not None, "start() first"
+        self.runner.run()
+        return self.runner.stats()
+
+    def start(self) -> None:
+        """Open the session on its first path (raises if none can be), start the others and the data; returns
+        once data flows."""
         self._preload_routes()
         pid0, channel, neg = self._open_first()
         self.token = neg.token
         session = Session(self.options.session, peer_window=neg.peer_window, peer_max_chunk=neg.peer_max_chunk,
                           now=time.monotonic())
-        self.runner = SessionRunner(session, source_fd=self.source_fd, sink_fd=self.sink_fd,
-                                    config=self.options.runner, on_path_down=self._on_path_down,
-                                    on_recv_done=self.on_recv_done)
+        self.runner = SessionRunner(session, endpoint=self.endpoint, config=self.options.runner,
+                                    on_path_down=self._on_path_down)
         LOG.info(f"session open over {self.transport} via path {pid0} ({channel.label})")
         self.runner.attach(pid0, channel)
         for pid, spec in self.subflows.items():
@@ -194,8 +205,7 @@ class Client:
             # Route lookups need pyroute2 (slow to import): off the data path, which already runs on path pid0.
             threading.Thread(target=self._add_advertised, args=(neg.peer_addresses, self.subflows[pid0].remote[1]),
                              name="auto-paths", daemon=True).start()
-        self.runner.run()
-        return self.runner.stats()
+        self.runner.start()
 
     # -- automatic paths ----------------------------------------------------------------------------------------------
     def _preload_routes(self) -> None:

@@ -1,11 +1,14 @@
-"""Where a listener's sessions take their stream from and put it: one Endpoint per session, made by a factory.
+"""Where a session takes its stream from and puts it: the application side of the runtime, one Endpoint per
+session (a listener makes them with a factory; connect and the Python API make theirs directly).
 
 The default serves one session on the process's stdin/stdout, or `-o FILE`, which is opened only once a peer has
 authenticated (a wrong key never creates or truncates it). With `--keep-open` sessions run side by side, so each
 needs its own endpoint: a TCP service (`--relay HOST:PORT`, e.g. sshd), a command (`--exec CMD`), or a file
 named by a pattern (`-o 'recv-{n}.img'`).
 
-The runner reads `source_fd` (sent to the peer) and writes `sink_fd` (what the peer sent). The server calls
+The runner's pumps call `read(n)` (what goes to the peer; b"" is its end) and `write(data)` (what the peer sent);
+by default they use the descriptors `source_fd` and `sink_fd`, and an in-process stream (the Python API's)
+overrides them. The runner calls
 `recv_done()` once everything the peer sent is written (pass the EOF on), `stop()` when the session failed (wake
 any thread still blocked on the fds), then `close(idle)`; `idle` is False when a pump thread might still use a
 descriptor, and the descriptor is then left open rather than risk another session reusing its number.
@@ -55,8 +58,27 @@ class Endpoint:
     source_fd: int | None = None
     sink_fd: int | None = None
 
+    @property
+    def sends(self) -> bool:
+        """Whether this side has a stream to send (False: -N, it sends an empty one)."""
+        return self.source_fd is not None
+
+    def read(self, n: int) -> bytes:
+        """Up to n bytes for the peer; b"" at the end of the stream (blocks until some are there)."""
+        return os.read(self.source_fd, n) if self.source_fd is not None else b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """All of `data`, in stream order (blocks while the application is not taking it)."""
+        if self.sink_fd is not None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.sink_fd, view):]
+
     def recv_done(self) -> None:
         """Everything the peer sent is written to sink_fd: pass the end of stream on."""
+
+    def session_failed(self, error: BaseException) -> None:
+        """The session failed (called by the runner as soon as it knows): an in-process reader stops waiting."""
 
     def stop(self) -> None:
         """The session failed: unblock any thread still reading source_fd or writing sink_fd."""
@@ -70,6 +92,8 @@ EndpointFactory = Callable[[SessionInfo], Endpoint]
 
 # -- one session on the process's own descriptors ----------------------------------------------------------------
 class StdioEndpoint(Endpoint):
+    """Descriptors the caller owns and closes (stdin/stdout, `connect -i FILE`)."""
+
     join_timeout = 0.0  # nothing is closed here that a pump could still use
 
     def __init__(self, source_fd: int | None, sink_fd: int | None) -> None:

@@ -50,6 +50,6 @@ def make_options(*, window: int, chunk: int, dead_after: float, path_timeout: fl
         raise UsageError("--path-timeout and --dead-after must be positive")
     session = SessionConfig(window=window, send_cap=window, max_chunk=chunk, dead_after=dead_after,
                             path_timeout=path_timeout,
-                            scheduler=SchedulerConfig(max_chunk=chunk, max_quota=max(chunk, window // 2)))
+                            scheduler=SchedulerConfig(max_quota=max(chunk, window // 2)))  # its chunk: the session's
     runner = RunnerConfig(limit_rate=limit_rate)
     return Options(key=key, encrypt=encrypt, session=session, runner=runner)

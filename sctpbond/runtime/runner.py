@@ -11,7 +11,6 @@ to give up, what a peer's bytes mean are the core's decisions.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from ..proto.frames import SESSION, AbortCode, Data, decode, encode_parts
 from ..proto.session import Session, Wake
 from ..proto.stats import to_json
 from ..transport.base import Channel
+from .endpoints import Endpoint
 
 if TYPE_CHECKING:
     from .progress import ProgressDisplay
@@ -51,24 +51,19 @@ class RunnerConfig:
     expected_size: int | None = None  # bytes we will send, when known (a regular file): progress shows an ETA
 
 
-def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 class SessionRunner:
-    def __init__(self, session: Session, *, source_fd: int | None, sink_fd: int | None,
-                 config: RunnerConfig = RunnerConfig(),
+    """Drives one session between its paths' channels and its application side, an Endpoint (descriptors, a
+    relay socket, a command, or the Python API's in-process stream)."""
+
+    def __init__(self, session: Session, *, endpoint: Endpoint, config: RunnerConfig = RunnerConfig(),
                  on_path_down: Callable[[int, str], None] | None = None,
-                 on_recv_done: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
-        self.source_fd, self.sink_fd = source_fd, sink_fd
+        self.endpoint = endpoint
         self.config, self.clock = config, clock
         self.on_path_down = on_path_down
-        self.on_recv_done = on_recv_done  # all the peer sent is written to sink_fd (e.g. shut a relay socket's write)
+        self._started = False
+        self._display: ProgressDisplay | None = None
         self.lock = threading.Lock()
         self._cond_read = threading.Condition(self.lock)
         self._cond_write = threading.Condition(self.lock)
@@ -223,7 +218,7 @@ class SessionRunner:
 
     # -- application side ----------------------------------------------------------------------------------------
     def _input_pump(self) -> None:
-        session, fd, rate = self.session, self.source_fd, self.config.limit_rate
+        session, endpoint, rate = self.session, self.endpoint, self.config.limit_rate
         block = min(self.config.read_block, max(1, session.sendbuf.cap // 4))  # never wait for a drained buffer
         if rate is not None:  # small reads keep a rate limit smooth (about 20 per second)
             block = max(1024, min(block, int(rate / 20)))
@@ -236,7 +231,7 @@ class SessionRunner:
                 elif ahead < -0.25:  # stalled by the peer or the input: no burst to catch up afterwards
                     paced_from, paced_bytes = time.monotonic(), 0
             try:
-                data = os.read(fd, block) if fd is not None else b""
+                data = endpoint.read(block)
             except OSError as exc:
                 with self.lock:
                     self._fail(AbortCode.CANCELLED, TransferFailed(f"cannot read input: {exc.strerror or exc}"))
@@ -257,7 +252,7 @@ class SessionRunner:
             paced_bytes += len(data)
 
     def _output_pump(self) -> None:
-        session, fd = self.session, self.sink_fd
+        session, endpoint = self.session, self.endpoint
         while True:
             with self.lock:
                 while not (chunks := session.read(digest=False)):
@@ -265,15 +260,16 @@ class SessionRunner:
                         break
                     self._cond_read.wait(0.5)
             if not chunks:
-                if session.failure is None and self.on_recv_done is not None:
-                    self.on_recv_done()
+                if session.failure is None:
+                    endpoint.recv_done()  # all the peer sent is written: pass the end on (a relay's half-close)
+                else:
+                    endpoint.session_failed(session.failure)
                 return
             total = 0
             try:
                 for chunk in chunks:
                     session.hash_received(chunk)  # outside the lock; consumed() below checks it at the end
-                    if fd is not None:
-                        _write_all(fd, chunk)
+                    endpoint.write(chunk)
                     total += len(chunk)
             except OSError as exc:
                 with self.lock:
@@ -333,18 +329,27 @@ class SessionRunner:
             return None
         from .progress import ProgressDisplay
 
-        sending = self.source_fd is not None
+        sending = self.endpoint.sends
         display = ProgressDisplay(self.snapshot, total=self.config.expected_size if sending else None,
                                   sending=sending)
         display.start()
         return display
 
-    def run(self) -> None:
-        """Move data until both directions are complete, or raise the reason they cannot be."""
+    def start(self) -> None:
+        """Start moving data (the application's pumps and the timer); returns at once."""
+        if self._started:
+            return
+        self._started = True
         self._spawn("input", self._input_pump)
         self._spawn("output", self._output_pump)
         self._spawn("ticker", self._ticker)
-        display = self._start_progress()
+        self._display = self._start_progress()
+
+    def run(self) -> None:
+        """Move data until both directions are complete, or raise the reason they cannot be (start() if that was
+        not done yet, then wait)."""
+        self.start()
+        display = self._display
         try:
             with self.lock:
                 while not self.finished:
@@ -369,7 +374,7 @@ class SessionRunner:
         return not any(t.is_alive() for t in threads)
 
     def join_pumps(self, timeout: float) -> bool:
-        """After run(): wait for the threads using source_fd/sink_fd to end; True if none is left."""
+        """After run(): wait for the threads using the endpoint to end; True if none is left."""
         return self._join(("input", "output"), timeout)
 
     def _shutdown(self) -> None:

@@ -78,10 +78,20 @@ class Server:
         self._stop = threading.Event()
         self._deadlines: dict[Channel, threading.Timer] = {}  # handshakes in progress -> their deadline
         self.rejected = 0
+        self._threads: list[threading.Thread] = []
+        self._accept_deadline: float | None = None
+        self._accept_timeout: float | None = None
+        self.on_no_session: Callable[[], None] | None = None  # one-session mode: the accept timeout passed
 
     # -- accepting --------------------------------------------------------------------------------------------------
     def _accept_loop(self, listener: Listener) -> None:
         while not self._stop.is_set():
+            deadline = self._accept_deadline
+            if deadline is not None and time.monotonic() > deadline and not self._decided.is_set():
+                self._end(SctpbondError(f"no peer connected within {self._accept_timeout:g} s"))
+                if self.on_no_session is not None:
+                    self.on_no_session()
+                return
             try:
                 channel = listener.accept(0.2)
             except OSError:
@@ -227,8 +237,7 @@ class Server:
             session = Session(self.options.session, peer_window=neg.peer_window,
                               peer_max_chunk=neg.peer_max_chunk, now=time.monotonic())
             endpoint = self.endpoints(info)
-            runner = SessionRunner(session, source_fd=endpoint.source_fd, sink_fd=endpoint.sink_fd,
-                                   config=self.options.runner, on_recv_done=endpoint.recv_done)
+            runner = SessionRunner(session, endpoint=endpoint, config=self.options.runner)
         except SctpbondError as exc:
             self._unclaim(neg.token)
             if endpoint is not None:
@@ -252,6 +261,7 @@ class Server:
         where = f" ({endpoint.label})" if endpoint.label else ""
         LOG.info(f"session {info.number} started by {channel.remote[0]} over {channel.transport}{where}")
         runner.attach(neg.path_id, channel)
+        runner.start()  # data flows from now on; run() (in _serve) waits for the end
         if self.keep_open:
             threading.Thread(target=self._serve, args=(served,), name=f"session-{info.number}", daemon=True).start()
         else:
@@ -294,20 +304,25 @@ class Server:
                 LOG.warning(f"session {served.number}: {type(exc).__name__}: {exc}")
 
     # -- running ----------------------------------------------------------------------------------------------------
-    def run(self, accept_timeout: float | None = None) -> dict:
-        """One-session mode: wait for a session, run it to the end; returns its stats or raises why it failed.
-        keep_open: serve sessions until stop() (each in its own thread); returns {}."""
-        threads = [threading.Thread(target=self._accept_loop, args=(lst,), name="accept", daemon=True)
-                   for lst in self.listeners]
-        for t in threads:
+    def start(self, accept_timeout: float | None = None) -> None:
+        """Start accepting (one thread per listener); returns at once. One-session mode: with accept_timeout,
+        no session by then ends the listener (wait() raises why, and on_no_session is called)."""
+        self._accept_deadline = None if accept_timeout is None else time.monotonic() + accept_timeout
+        self._accept_timeout = accept_timeout
+        self._threads = [threading.Thread(target=self._accept_loop, args=(lst,), name="accept", daemon=True)
+                         for lst in self.listeners]
+        for t in self._threads:
             t.start()
+
+    def wait(self) -> dict:
+        """One-session mode: wait for the session, run it to the end; returns its stats or raises why it failed.
+        keep_open: serve sessions until stop() (each in its own thread); returns {}."""
         try:
             if self.keep_open:
                 while not self._stop.wait(0.5):
                     pass
                 return {}
-            if not self._decided.wait(accept_timeout):
-                raise SctpbondError(f"no peer connected within {accept_timeout:g} s")
+            self._decided.wait()
             if self._fatal is not None:
                 raise self._fatal
             served = self._first
@@ -319,10 +334,15 @@ class Server:
             return served.stats
         finally:
             self._stop.set()
-            for t in threads:
+            for t in self._threads:
                 t.join(1.0)
             for lst in self.listeners:
                 lst.close()
+
+    def run(self, accept_timeout: float | None = None) -> dict:
+        """start() then wait()."""
+        self.start(accept_timeout)
+        return self.wait()
 
     def stop(self) -> None:
         """keep_open: stop accepting (sessions already running go on to their end); run() returns."""

@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from types import ModuleType
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ..errors import SctpUnavailableError, UsageError
 from ..host import sctp_support
+from .base import Channel, Listener
 
-__all__ = ["TRANSPORTS", "load", "make_listeners", "resolve", "sctp_support"]
+__all__ = ["TRANSPORTS", "Transport", "load", "make_listeners", "resolve", "sctp_support"]
 
 TRANSPORTS = ("auto", "tcp", "sctp")
 
 
-def load(name: str) -> ModuleType:
-    """The module implementing transport `name` (it has connect() and a Listener class)."""
+@dataclass(frozen=True)
+class Transport:
+    """One transport: how to dial a path and how to listen for them."""
+
+    name: str
+    connect: Callable[[tuple[str, int], str | None, float], Channel]  # (remote, local address, timeout)
+    listener: Callable[[Sequence[str], int], Listener]  # (bind addresses, port)
+
+
+def load(name: str) -> Transport:
+    """Transport `name`, imported on first use (pysctp only when SCTP is asked for and the kernel has it)."""
     if name == "tcp":
         from . import tcp
 
-        return tcp
+        return Transport("tcp", tcp.connect, tcp.TcpListener)
     if name == "sctp":
         ok, why = sctp_support()
         if not ok:
             raise SctpUnavailableError(f"--transport sctp: {why}")
         from . import sctp
 
-        return sctp
+        return Transport("sctp", sctp.connect, sctp.SctpListener)
     raise UsageError(f"unknown transport {name!r} (choose from {', '.join(TRANSPORTS)})")
 
 
@@ -46,5 +56,5 @@ def resolve(name: str) -> list[str]:
     return ["tcp"]
 
 
-def make_listeners(names: Sequence[str], binds: Sequence[str], port: int) -> list:
-    return [load(n).Listener(binds, port) for n in names]
+def make_listeners(names: Sequence[str], binds: Sequence[str], port: int) -> list[Listener]:
+    return [load(n).listener(binds, port) for n in names]

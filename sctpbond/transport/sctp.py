@@ -37,8 +37,7 @@ import sctp as pysctp  # pysctp
 
 from ..errors import ConnectError, RemoteProtocolError, TransportError
 from ..proto.frames import HEADER_SIZE, MAX_FRAME, SESSION, Expect, parse_header
-from .base import Buffer, SocketChannel, bind_error, connect_error
-from .base import Listener as ListenerBase  # this module exports its own Listener
+from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
 
 SOL_SCTP = 132
 SCTP_RTOINFO = 0
@@ -367,7 +366,7 @@ def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 
         raise
 
 
-class SctpListener(ListenerBase):
+class SctpListener(Listener):
     transport = "sctp"
 
     def __init__(self, binds: Sequence[str], port: int, backlog: int = 128, streams: int = DEFAULT_STREAMS) -> None:
@@ -412,4 +411,3 @@ class SctpListener(ListenerBase):
         self.sk.close()
 
 
-Listener = SctpListener  # the name transport.load() looks up

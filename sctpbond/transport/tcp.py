@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import TransportError
 from ..proto.frames import HEADER_SIZE, SESSION, Expect, parse_header
-from .base import Buffer, SocketChannel, bind_error, connect_error
-from .base import Listener as ListenerBase  # this module exports its own Listener
+from .base import Buffer, Listener, SocketChannel, bind_error, connect_error
 
 _TCPI_RTT = struct.Struct("=I")  # struct tcp_info: tcpi_rtt (microseconds) after 8 bytes of flags and 15 u32s
 _TCPI_RTT_OFFSET = 8 + 15 * 4
@@ -117,7 +116,7 @@ def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 
         raise connect_error(exc, remote, local, timeout) from None
 
 
-class TcpListener(ListenerBase):
+class TcpListener(Listener):
     transport = "tcp"
 
     def __init__(self, binds: Sequence[str], port: int, backlog: int = 128) -> None:
@@ -164,4 +163,3 @@ class TcpListener(ListenerBase):
         for sock in self._socks:
             sock.close()
 
-Listener = TcpListener  # the name transport.load() looks up

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -77,3 +80,49 @@ def test_short_key_is_a_usage_error():
     with pytest.raises(sctpbond.SctpbondError, match="at least 16"):
         with sctpbond.connect(["127.0.0.1"], port=free_port(), transport="tcp", key="short") as stream:
             stream.write(b"x")
+
+
+def test_a_reader_waiting_for_a_peer_that_never_comes_is_released_by_accept_timeout():
+    """The stream has no thread of its own: a blocked read must still end when the listener gives up."""
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(sctpbond.SctpbondError, match="no peer connected within 1 s"):
+        with sctpbond.listen(port, bind=["127.0.0.1"], transport="tcp", accept_timeout=1) as stream:
+            assert stream.read() == b""
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_reader_is_released_when_the_session_fails():
+    """The peer goes away mid-stream: the blocked read returns, and leaving the block raises why."""
+    port, box = free_port(), {}
+
+    def serve() -> None:
+        try:
+            with sctpbond.listen(port, bind=["127.0.0.1"], transport="tcp", accept_timeout=20,
+                                 path_timeout=2) as s:
+                box["first"] = s.read(5)
+                box["rest"] = s.read()
+        except sctpbond.SctpbondError as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    wait_port(port)
+    client = subprocess.Popen([sys.executable, "-c", (
+        "import sctpbond, time\n"
+        f"with sctpbond.connect(['127.0.0.1'], port={port}, transport='tcp') as s:\n"
+        "    s.write(b'hello'); time.sleep(60)\n")])
+    try:
+        deadline = time.monotonic() + 20
+        while "first" not in box and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert box.get("first") == b"hello"
+        client.kill()
+        client.wait()
+        t.join(30)
+        assert not t.is_alive(), "the reader was not released"
+        assert isinstance(box.get("error"), sctpbond.SctpbondError), box
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()

@@ -433,6 +433,7 @@ def test_rewritten_handshake(lab: Lab, direction: str, fields: dict[str, int]) -
     assert not fwd.errors, fwd.errors
     assert rewrites, "the forwarder saw no handshake"
     assert run.rc != 0, f"the client accepted a rewritten handshake:\n{run.stderr}"
+    print(f"\nFIGURE rewritten-{direction}: the client gave up after {run.elapsed:.2f} s")  # docs/security.md table
     assert run.elapsed < 15, f"the client took {run.elapsed:.1f} s to give up"
     no_traceback(run.stderr)
     assert last_line(run.stderr).startswith("sctpbond:"), run.stderr
@@ -771,6 +772,7 @@ def test_session_frames_first_are_refused_from_the_header(lab: Lab) -> None:
         attempt(sealed, lab.b1 if i % 2 else lab.b0)
     lines = listener.wait_rejections(51)
     grown = listener.vm_hwm_kib() - hwm0
+    print(f"\nFIGURE sealed-headers: 50 x 1 MiB claimed, peak memory +{grown} KiB")  # docs/security.md table
     assert grown <= 2 * KiB, f"50 SEALED headers grew the listener's peak memory by {grown} KiB"
     others = [wp.header(wp.DATA, 8 + MiB) + b"\xab" * 1000, wp.data(0, b"hello"),
               wp.header(wp.AUTHED, 8 + 8 + 8 + 16) + bytes(40)]
