@@ -186,11 +186,13 @@ def assert_ok(res: Result, tmp: Path, to_listener: Path | None = None, to_client
     """Both processes exited 0 and every byte sent arrived exactly (sha256) on the other side."""
     assert res.client.rc == 0, res.client.stderr
     assert res.listener.rc == 0, res.listener.stderr
+    assert "Traceback" not in res.client.stderr + res.listener.stderr
     if to_listener is not None:
         assert sha256_file(tmp / "out_l") == sha256_file(to_listener)
         assert res.client.stats["bytes_acked"] == to_listener.stat().st_size
     if to_client is not None:
         assert sha256_file(tmp / "out_c") == sha256_file(to_client)
+        assert res.listener.stats["bytes_acked"] == to_client.stat().st_size
 
 
 def wait_for_bytes(path: Path, size: int, proc, timeout: float = 90.0) -> None:

@@ -19,7 +19,7 @@ import pytest
 from sctpbond.lab.topology import link_counters
 from sctpbond.transport import sctp_support
 from tests.integration import harness
-from tests.integration.harness import random_file, sha256_file, transfer, wait_for_bytes
+from tests.integration.harness import assert_ok, random_file, transfer, wait_for_bytes
 
 pytestmark = [pytest.mark.sctp, pytest.mark.netns, pytest.mark.timeout(240)]
 MiB = 1 << 20
@@ -77,18 +77,6 @@ def open_fifo_writer(fifo: Path, proc, timeout: float = 90.0) -> int:
             continue
         os.set_blocking(fd, True)
         return fd
-
-
-def _ok(res, tmp, up=None, down=None):
-    assert res.client.rc == 0, res.client.stderr
-    assert res.listener.rc == 0, res.listener.stderr
-    assert "Traceback" not in res.client.stderr + res.listener.stderr
-    if up is not None:
-        assert sha256_file(tmp / "out_l") == sha256_file(up)
-        assert res.client.stats["bytes_acked"] == up.stat().st_size
-    if down is not None:
-        assert sha256_file(tmp / "out_c") == sha256_file(down)
-        assert res.listener.stats["bytes_acked"] == down.stat().st_size
 
 
 def _stderr(res) -> str:
@@ -153,7 +141,7 @@ def test_sctp_blackhole_mid_transfer(netns_topology, tmp_path, record_property):
                    listen_args=SCTP, during=during)
     done = time.monotonic()
     assert fed_all.is_set() and "t" in at_cut, (at_cut, _stderr(res))
-    _ok(res, tmp_path, up)
+    assert_ok(res, tmp_path, up)
     # the cut came mid-transfer: most of the stream was still to be sent once link 0 was dark
     assert size - at_cut["fed_before"] >= 6 * MiB, at_cut
     # the blackhole bit: packets of the transfer were dropped on link 0, in both directions
@@ -224,7 +212,7 @@ def test_sctp_flapping_link(netns_topology, tmp_path, record_property):
         if flapper.is_alive():
             flapper.join(timeout=20)
     assert not flapper.is_alive()
-    _ok(res, tmp_path, up, down)
+    assert_ok(res, tmp_path, up, down)
     # the link really flapped while the data moved, to the end: several down/up cycles after the first bytes
     # arrived (a toggle every 0.5 s, or as fast as netlink answers in the emulated VM)
     assert flowing, "no data arrived"
@@ -252,7 +240,7 @@ def test_sctp_two_percent_loss_on_one_path(netns_topology, tmp_path, record_prop
     up = random_file(tmp_path / "up", 10 * MiB)
     before = snmp(net, "a")
     res = transfer(net, tmp_path, to_listener=up, to_client=None, timeout=150, client_args=SCTP, listen_args=SCTP)
-    _ok(res, tmp_path, up)
+    assert_ok(res, tmp_path, up)
     after = snmp(net, "a")
     sent = [p["bytes_sent"] for p in sorted(res.client.stats["paths"], key=lambda p: p["id"])]
     # both links carried a real share, the lossy one too (the links' own counters: a path's restart on a re-join)

@@ -11,7 +11,7 @@ import pytest
 
 from sctpbond.lab.topology import LinkSpec, Topology
 from sctpbond.transport import sctp_support
-from tests.integration.harness import random_file, sha256_file, transfer, wait_for_bytes
+from tests.integration.harness import assert_ok, random_file, transfer, wait_for_bytes
 
 pytestmark = [pytest.mark.sctp, pytest.mark.netns]
 MiB = 1 << 20
@@ -27,15 +27,6 @@ def snmp(net, host: str) -> dict[str, int]:
 
 def data_chunks(counters: dict[str, int], direction: str) -> int:
     return counters.get(f"Sctp{direction}OrderChunks", 0) + counters.get(f"Sctp{direction}UnorderChunks", 0)
-
-
-def _ok(res, tmp, up=None, down=None):
-    assert res.client.rc == 0, res.client.stderr
-    assert res.listener.rc == 0, res.listener.stderr
-    if up is not None:
-        assert sha256_file(tmp / "out_l") == sha256_file(up)
-    if down is not None:
-        assert sha256_file(tmp / "out_c") == sha256_file(down)
 
 
 def _paths(side):
@@ -54,7 +45,7 @@ def test_sctp_duplex_over_every_link(netns_topology, tmp_path, topo):
     slack = ["--dead-after", "5", "--chunk", "64K"]
     res = transfer(net, tmp_path, to_listener=up, to_client=down, client_args=["-t", "sctp", *slack],
                    listen_args=["-t", "sctp", *slack], timeout=180)
-    _ok(res, tmp_path, up, down)
+    assert_ok(res, tmp_path, up, down)
     after_a, after_b = snmp(net, "a"), snmp(net, "b")
     # the bytes crossed as SCTP DATA chunks, both ways (at least one chunk per 1500-byte packet of payload)
     assert data_chunks(after_a, "Out") - data_chunks(before_a, "Out") > up.stat().st_size // 1500
@@ -102,7 +93,7 @@ def test_sctp_link_down_kernel_fails_over_inside_the_association(netns_topology,
     # a generous --dead-after leaves the failover to the kernel: the association of path 0 must move to link 1
     res = transfer(net, tmp_path, to_listener=up, to_client=None, during=cut, timeout=180,
                    client_args=["-t", "sctp", "--dead-after", "20"], listen_args=["-t", "sctp", "--dead-after", "20"])
-    _ok(res, tmp_path, up)
+    assert_ok(res, tmp_path, up)
     path0 = _paths(res.client)[0]
     # never failed at our level while data moved: the kernel kept the association going. Only the listener's
     # closing SHUTDOWN may reach a path a moment before the final ACK arrives on another one.
@@ -124,7 +115,7 @@ def test_sctp_unequal_delays(netns_topology, tmp_path):
     down = random_file(tmp_path / "down", 4 * MiB)
     res = transfer(net, tmp_path, to_listener=up, to_client=down, client_args=["-t", "sctp"],
                    listen_args=["-t", "sctp"], timeout=180)
-    _ok(res, tmp_path, up, down)
+    assert_ok(res, tmp_path, up, down)
     assert all(p["bytes_sent"] > 0 for p in _paths(res.client))
 
 
@@ -132,7 +123,7 @@ def test_sctp_auto_transport_picks_sctp(netns_topology, tmp_path):
     net = netns_topology("2x20")
     up = random_file(tmp_path / "up", 2 * MiB)
     res = transfer(net, tmp_path, to_listener=up, to_client=None, client_args=[], timeout=120)
-    _ok(res, tmp_path, up)
+    assert_ok(res, tmp_path, up)
     assert {p["transport"] for p in res.client.stats["paths"]} == {"sctp"}
     assert "using TCP" not in res.client.stderr
 

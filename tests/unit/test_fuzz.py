@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from sctpbond.proto.frames import (
     Ack,
     Auth,
     Data,
+    Expect,
     Fin,
     Frame,
     FrameReader,
@@ -641,28 +643,38 @@ def test_byte_stream_into_server_handshake(key: bytes | None, after_hello: bool,
                       encrypt=key is not None)
         server.receive_hello(encode(hello))
         server.welcome()
+    def step(expect: Expect, raw: memoryview) -> bool:
+        if expect == LISTENER_HELLO:
+            server.receive_hello(raw)
+            server.welcome()
+            return False
+        server.receive_auth(raw)
+        server.ready()
+        assert key is None, "random bytes carried the right MAC"
+        return True
+
+    _drive(blob, lambda: server.expect, step)
+
+
+def _drive(blob: bytes, expect: Callable[[], Expect], step: Callable[[Expect, memoryview], bool]) -> None:
+    """Feed blob's frames to a handshake one at a time, each read with the phase's `expect` as the runtime reads
+    them, until `step` says it is done or the first refusal (the runtime then closes the connection)."""
     pos = 0
     while True:
-        expect = server.expect
+        phase = expect()
         try:
-            raw, pos = _next_frame(blob, pos, expect)
+            raw, pos = _next_frame(blob, pos, phase)
         except ProtocolError as exc:
             assert isinstance(exc, RemoteProtocolError)
-            break
+            return
         if raw is None:
-            break
+            return
         try:
-            if expect == LISTENER_HELLO:
-                server.receive_hello(raw)
-                server.welcome()
-            else:
-                server.receive_auth(raw)
-                server.ready()
-                assert key is None, "random bytes carried the right MAC"
-                break
+            if step(phase, raw):
+                return
         except Exception as exc:  # noqa: BLE001
             _check_error(exc, raw)
-            break  # the runtime closes the connection on the first refusal
+            return
 
 
 @FUZZ_SMALL
@@ -670,26 +682,16 @@ def test_byte_stream_into_server_handshake(key: bytes | None, after_hello: bool,
 def test_byte_stream_into_client_handshake(key: bytes | None, kind: HelloKind, blob: bytes) -> None:
     client = _client(key, kind, 3)
     client.hello()
-    pos = 0
-    while True:
-        expect = client.expect
-        try:
-            raw, pos = _next_frame(blob, pos, expect)
-        except ProtocolError as exc:
-            assert isinstance(exc, RemoteProtocolError)
-            break
-        if raw is None:
-            break
-        try:
-            if expect == DIALLER_WELCOME:
-                client.receive_welcome(raw)
-            else:
-                client.receive_ready(raw)
-                assert key is None, "random bytes carried the right MAC"
-                break
-        except Exception as exc:  # noqa: BLE001
-            _check_error(exc, raw)
-            break
+
+    def step(expect: Expect, raw: memoryview) -> bool:
+        if expect == DIALLER_WELCOME:
+            client.receive_welcome(raw)
+            return False
+        client.receive_ready(raw)
+        assert key is None, "random bytes carried the right MAC"
+        return True
+
+    _drive(blob, lambda: client.expect, step)
 
 
 def _genuine(kind: HelloKind = HelloKind.JOIN, path_id: int = 7) -> tuple[bytes, bytes, bytes, bytes]:
