@@ -178,6 +178,7 @@ class Server:
                 self._claim(neg.token)
                 claimed = True
             channel.send((hs.ready(),))
+            channel.order_until_heard()
             deadline.cancel()
             if expired.is_set():  # it fired just as the handshake finished: the channel is already aborted
                 raise TransportError("handshake not finished in time")

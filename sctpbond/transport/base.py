@@ -54,6 +54,10 @@ class Channel(abc.ABC):
     def set_timeout(self, seconds: float | None) -> None:  # noqa: B027 (a default: fakes have nothing to bound)
         """Bound blocking calls (None: block forever): handshakes are bounded, data threads block freely."""
 
+    def order_until_heard(self) -> None:  # noqa: B027 (a default: a byte stream is always in order)
+        """Just after READY: keep every frame in order behind it until a frame from the peer arrives (SCTP's
+        unordered data streams could otherwise overtake READY)."""
+
     def set_send_stall(self, seconds: float) -> None:  # noqa: B027 (a default: fakes never stall)
         """After the handshake: a send that gets no byte accepted by the peer for `seconds` fails with
         TransportError (a peer that never reads must not hold our sender, and its queue, for ever). A send
@@ -100,6 +104,9 @@ class ChannelWrapper(Channel):
 
     def set_send_stall(self, seconds: float) -> None:
         self.inner.set_send_stall(seconds)
+
+    def order_until_heard(self) -> None:
+        self.inner.order_until_heard()
 
     def info(self) -> dict:
         return self.inner.info()

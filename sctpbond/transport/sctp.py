@@ -79,8 +79,9 @@ _ASSOC_STATES = {0: "comm-up", 1: "comm-lost", 2: "restart", 3: "shutdown-comple
 
 DEFAULT_STREAMS = 8
 _SOCKBUF = 8 << 20  # a message must fit in the send buffer: room for several 1 MiB frames
-# Failover inside an association must beat our own silence detection (1.5 s): heartbeat every 200 ms, give up
-# on an address after 2 retransmissions, RTO between 50 ms and 1 s (kernel defaults: 30 s, 5, 1-60 s).
+# Failover inside an association must beat our own silence detection (--dead-after, 1 s by default): heartbeat
+# every 200 ms, give up on an address after 2 retransmissions, RTO between 50 ms and 1 s (kernel defaults:
+# 30 s, 5, 1-60 s).
 HB_INTERVAL_MS, PATH_MAX_RXT, RTO_INITIAL_MS, RTO_MIN_MS, RTO_MAX_MS = 200, 2, 200, 50, 1000
 
 
@@ -193,6 +194,9 @@ def peer_addresses(fd: int, most: int = 64) -> list[tuple[str, int]]:
     return out
 
 
+SCTP_MIN_STALL = 5.0  # seconds: see SctpChannel.set_send_stall
+
+
 class SctpChannel(SocketChannel):
     transport = "sctp"
 
@@ -211,16 +215,25 @@ class SctpChannel(SocketChannel):
         self.events: list[str] = []
         self._events_lock = threading.Lock()
         self._status: dict = {}
+        self._ordered = False  # order_until_heard(): DATA on stream 0, ordered, until the peer is heard
+        self._stall = SCTP_MIN_STALL
         _tune_paths(self.sock)
         self.info()
 
+    def order_until_heard(self) -> None:
+        # READY goes out ordered on stream 0; DATA on the unordered streams right after it could be delivered
+        # first, and the dialler, still waiting for READY, would refuse it. Until the dialler's first frame after
+        # READY arrives (it has READY then), our DATA follows READY on stream 0, in order.
+        self._ordered = True
+
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
-        sid = next(self._data_streams) if data else 0
-        info = SNDINFO.pack(sid, self._flags if data else 0, 0, 0, 0)
+        spread = data and not self._ordered
+        sid = next(self._data_streams) if spread else 0
+        info = SNDINFO.pack(sid, self._flags if spread else 0, 0, 0, 0)
         try:
             self.sock.sendmsg(parts, [(SOL_SCTP, SCTP_SNDINFO, info)])  # one message: all of it or nothing
         except BlockingIOError:
-            raise TransportError(f"{self.label}: the peer accepted no data for the send stall time") from None
+            raise TransportError(f"{self.label}: the peer accepted no data for {self._stall:g} s") from None
         except OSError as exc:
             raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
 
@@ -233,6 +246,7 @@ class SctpChannel(SocketChannel):
             if flags & MSG_NOTIFICATION:
                 self._notification(memoryview(data))
                 continue
+            self._ordered = False
             for level, kind, raw in anc:
                 if level == SOL_SCTP and kind == SCTP_RCVINFO:
                     self.streams_seen[RCVINFO.unpack_from(raw)[0]] += 1
@@ -294,6 +308,13 @@ class SctpChannel(SocketChannel):
         with self._events_lock:
             self.events.append(text)
             del self.events[:-64]  # bounded
+
+    def set_send_stall(self, seconds: float) -> None:
+        # An SCTP message goes into the send buffer whole or not at all, so a send waits for room for the whole
+        # frame: on a 1 Mbit/s path a 256 KiB frame needs 2 s of the peer's SACKs, however steadily they come.
+        # The stall bound is for a peer that accepts nothing, so it is not cut below what a slow path needs.
+        self._stall = max(seconds, SCTP_MIN_STALL)
+        super().set_send_stall(self._stall)
 
     def close(self) -> None:
         self.sk.close()

@@ -106,3 +106,22 @@ def test_peer_close_ends_the_stream(pair):
     client.sock.shutdown(socket.SHUT_WR)
     assert decode(server.recv()) == Ping(7)
     assert server.recv() is None
+
+
+def test_data_follows_ready_in_order_until_the_peer_is_heard(pair):
+    """After READY (stream 0, ordered) the listener's DATA must not overtake it on an unordered stream: it goes on
+    stream 0 until the dialler's first frame arrives, then spreads over the data streams again."""
+    client, server = pair
+    server.order_until_heard()
+    server.send((encode(Ping(1)),))  # stands for READY
+    payload = os.urandom(1000)
+    for _ in range(3):
+        server.send((data_prefix(0, len(payload)), payload), data=True)
+    for _ in range(4):
+        client.recv()
+    assert set(client.streams_seen) == {0}, client.streams_seen
+    client.send((encode(Ping(2)),))  # the dialler, READY in hand, is heard
+    assert decode(server.recv()) == Ping(2)
+    server.send((data_prefix(0, len(payload)), payload), data=True)
+    client.recv()
+    assert set(client.streams_seen) - {0}, client.streams_seen
