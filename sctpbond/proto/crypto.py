@@ -99,9 +99,9 @@ class ReplayWindow:
 class Opener:
     """Opens the sealed (or authenticated) frames one side receives on one path connection."""
 
-    def __init__(self, key: bytes, window: int = REPLAY_WINDOW, encrypt: bool = True) -> None:
+    def __init__(self, key: bytes, window: int = REPLAY_WINDOW, encrypt: bool = True, in_order: bool = False) -> None:
         self._key, self._aead = key, AESGCM(key)
-        self.encrypt = encrypt
+        self.encrypt, self.in_order = encrypt, in_order
         self.expect: Expect = frozenset({FrameType.SEALED if encrypt else FrameType.AUTHED})
         self.replay = ReplayWindow(window)
 
@@ -116,6 +116,9 @@ class Opener:
         view = memoryview(buf)
         head = view[: HEADER_SIZE + SEAL_SEQ_SIZE]
         (seq,) = _SEQ.unpack(head[HEADER_SIZE:])
+        if self.in_order and seq != self.replay.top + 1:
+            raise IntegrityError(f"sealed frame {seq} where {self.replay.top + 1} was due: a frame was dropped, "
+                                 "reordered or replayed on the way")
         self.replay.check(seq)
         nonce = _NONCE_PAD + bytes(head[HEADER_SIZE:])
         try:

@@ -24,6 +24,13 @@ Chunk = bytes | bytearray | memoryview
 RANGE_COST = 200
 #: Payloads below this are copied when held, so a tiny range does not keep its whole receive buffer alive.
 _COPY_BELOW = 4096
+_MERGE_UPTO = 256 * 1024  # in-order small pieces are joined into buffers of up to this size
+
+
+def _pins_more(payload: Chunk) -> bool:
+    """A view that keeps a buffer more than twice its own size alive (a mostly duplicate frame's new tail)."""
+    return isinstance(payload, memoryview) and isinstance(payload.obj, bytes | bytearray) and \
+        2 * len(payload) < len(payload.obj)
 
 
 @dataclass
@@ -126,7 +133,7 @@ class ReorderBuffer:
         if len(held) >= self.max_ranges:
             raise RemoteProtocolError(f"more than {self.max_ranges} separate out-of-order DATA ranges held "
                                       "(a sender keeps at most that many chunks beyond the acknowledged point)")
-        if len(payload) < _COPY_BELOW:
+        if len(payload) < _COPY_BELOW or _pins_more(payload):
             payload = bytes(payload)
         held[offset] = payload
         self.buffered += len(payload)
@@ -137,9 +144,19 @@ class ReorderBuffer:
         self.stats.duplicate_bytes += size
 
     def _emit(self, payload: Chunk) -> None:
-        self._ready.append(payload)
-        self._ready_bytes += len(payload)
-        self.next_offset += len(payload)
+        size = len(payload)
+        if size < _COPY_BELOW or _pins_more(payload):
+            # Small pieces are joined into one buffer we own, and a few new bytes at the end of a large frame are
+            # copied out of it: what waits for a slow application costs about its own size, however it was cut.
+            last = self._ready[-1] if self._ready else None
+            if isinstance(last, bytearray) and len(last) < _MERGE_UPTO:
+                last += payload
+            else:
+                self._ready.append(bytearray(payload))
+        else:
+            self._ready.append(payload)
+        self._ready_bytes += size
+        self.next_offset += size
 
     def _drain(self) -> None:
         """Move held ranges that now touch next_offset to the ready list (each step O(log n))."""

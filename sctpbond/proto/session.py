@@ -126,6 +126,9 @@ class Session:
     def get_timer(self) -> float | None:
         """When handle_timer() must run next (None: nothing is timed). The runtime arms exactly this; a call that
         makes it earlier sets Wake.TIMER."""
+        if self.failure is not None:  # over: nothing is timed any more (the runtime is shutting down)
+            self._armed = None
+            return None
         hb, cfg = self._hb, self.config
         deadlines = [p.deadline(hb) for p in self.paths.values() if p.alive]
         if self._unacked_since is not None:
@@ -407,7 +410,7 @@ class Session:
             self._on_fin(frame)
         elif isinstance(frame, Abort):
             why = frame.reason or frame.code.name.lower()
-            self.failure = SessionAborted(f"peer aborted the session: {why}; {self.progress()}")
+            self.failure = SessionAborted(f"peer aborted the session: {why}; {progress_line(self)}")
             self._wake |= Wake.STATE | Wake.READ | Wake.WRITE
         else:
             raise RemoteProtocolError(f"unexpected {type(frame).__name__.upper()} frame during the session")
@@ -464,6 +467,8 @@ class Session:
         frame = self._next_frame(path, now)
         if frame is not None:
             path.last_sent = now
+            if type(frame) is Data and path.in_flight == len(frame.payload):  # was idle: its stale clock starts
+                self._timer_at(path.deadline(self._hb))
         return frame
 
     def _next_frame(self, path: PathState, now: float) -> Frame | None:
@@ -573,7 +578,7 @@ class Session:
         if waited >= self.config.path_timeout or (gone and waited >= self.config.peer_gone_grace):
             why = ("the peer closed every path (its process is gone?)" if gone
                    else f"no path came back within {waited:.0f} s")
-            self.abort(AbortCode.TIMEOUT, why, TransferFailed(f"transfer failed: {why}; {self.progress()}"))
+            self.abort(AbortCode.TIMEOUT, why, TransferFailed(f"transfer failed: {why}; {progress_line(self)}"))
 
     def abort(self, code: AbortCode, reason: str, error: SctpbondError) -> None:
         """Give up: tell the peer why on every path and record the local error."""
@@ -586,9 +591,6 @@ class Session:
         self._wake |= Wake.STATE | Wake.READ | Wake.WRITE
         self._check_terminated()
 
-    def progress(self) -> str:
-        """What got through, for the one-line error of a failed transfer."""
-        return progress_line(self)
 
     # -- reporting -------------------------------------------------------------------------------------------------
     def stats(self, now: float) -> SessionStats:

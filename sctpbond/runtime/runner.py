@@ -24,7 +24,7 @@ from ..errors import (
     TransferFailed,
     TransportError,
 )
-from ..proto.events import AllPathsDown, PathFailed, PathStale
+from ..proto.events import AllPathsDown, PathFailed, PathStale, SessionTerminated
 from ..proto.frames import SESSION, AbortCode, Data, decode, encode_parts
 from ..proto.session import Session, Wake
 from ..proto.stats import to_json
@@ -122,6 +122,8 @@ class SessionRunner:
                         self.on_path_down(pid, reason)
                 case PathStale(pid, silent, requeued) if requeued:
                     LOG.info(f"path {pid} silent for {silent:.1f} s: {requeued} bytes sent again on the others")
+                case SessionTerminated(error) if error is not None:
+                    self.endpoint.session_failed(error)  # an in-process writer or reader stops waiting now
                 case AllPathsDown(timeout):
                     if not self._closing:
                         LOG.warning(f"all paths are down; waiting up to {timeout:g} s for one to come back")
@@ -178,6 +180,7 @@ class SessionRunner:
                             return
                         frame = session.next_frame(pid, self.clock())
                         if frame is not None:
+                            self._wake()  # e.g. Wake.TIMER: data in flight arms the path's stale deadline
                             break
                         if self._closing:
                             channel.shutdown_write()

@@ -87,7 +87,9 @@ class Server:
     def _accept_loop(self, listener: Listener) -> None:
         while not self._stop.is_set():
             deadline = self._accept_deadline
-            if deadline is not None and time.monotonic() > deadline and not self._decided.is_set():
+            with self._lock:
+                starting = self._claims > 0  # an authenticated session is being set up: it is in time
+            if deadline is not None and time.monotonic() > deadline and not self._decided.is_set() and not starting:
                 self._end(SctpbondError(f"no peer connected within {self._accept_timeout:g} s"))
                 if self.on_no_session is not None:
                     self.on_no_session()
@@ -252,6 +254,14 @@ class Server:
             self._end(exc)
             return
         served = Served(info.number, info.peer, neg.token, runner, endpoint)
+        with self._lock:
+            late = not self.keep_open and self._fatal is not None  # the listener gave up meanwhile
+        if late:
+            self._unclaim(neg.token)
+            endpoint.stop()
+            endpoint.close(True)
+            self._reject(channel, f"session {info.number}: the listener already ended")
+            return
         with self._lock:
             self.sessions[neg.token] = served
             self._reserved.discard(neg.token)

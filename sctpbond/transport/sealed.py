@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Sequence
 
+from ..errors import IntegrityError, RemoteProtocolError
 from ..proto.crypto import Opener, Sealer
 from ..proto.frames import SESSION, Expect
 from .base import Buffer, Channel, ChannelWrapper
@@ -18,7 +19,10 @@ from .base import Buffer, Channel, ChannelWrapper
 class SealedChannel(ChannelWrapper):
     def __init__(self, inner: Channel, send_key: bytes, recv_key: bytes, encrypt: bool = True) -> None:
         super().__init__(inner)
-        self._sealer, self._opener = Sealer(send_key, encrypt), Opener(recv_key, encrypt=encrypt)
+        # TCP delivers in order: every sequence number must be the next one (a frame dropped or reordered on the
+        # way fails the path); SCTP's unordered streams need the replay window.
+        self._sealer = Sealer(send_key, encrypt)
+        self._opener = Opener(recv_key, encrypt=encrypt, in_order=inner.transport == "tcp")
         self._send_lock = threading.Lock()  # the sequence number and the send order must agree (TCP)
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
@@ -26,7 +30,10 @@ class SealedChannel(ChannelWrapper):
             self.inner.send(self._sealer.seal(parts), data=data)
 
     def recv(self, expect: Expect = SESSION) -> memoryview | None:
-        buf = self.inner.recv(self._opener.expect)
+        try:
+            buf = self.inner.recv(self._opener.expect)
+        except RemoteProtocolError as exc:  # the outer header itself is not what was agreed: altered on the wire
+            raise IntegrityError(f"a frame not protected as agreed on this path ({exc})") from None
         return None if buf is None else self._opener.open(buf, expect)
 
     def info(self) -> dict:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import sctpbond
-from tests.integration.harness import free_port, wait_port
+from tests.integration.harness import SCTPBOND, free_port, stop, wait_port
 
 
 def serve_digest(port: int, result: dict, **settings) -> threading.Thread:
@@ -126,3 +126,35 @@ def test_a_reader_is_released_when_the_session_fails():
         if client.poll() is None:
             client.kill()
             client.wait()
+
+
+def test_a_blocked_writer_is_released_when_the_session_fails():
+    """The listener stops reading (its output is a pipe nobody drains), so the window fills and write() blocks;
+    then the listener dies: write() must raise at once rather than wait for ever."""
+    port = free_port()
+    listener = subprocess.Popen(SCTPBOND + ["listen", "-t", "tcp", "-b", "127.0.0.1", "-p", str(port), "-N"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        box: dict = {}
+
+        def write_forever() -> None:
+            try:
+                with sctpbond.connect(["127.0.0.1"], port=port, transport="tcp", window=8 << 20, chunk=1 << 20,
+                                      path_timeout=2) as s:
+                    while True:
+                        s.write(bytes(1 << 20))
+            except sctpbond.SctpbondError as exc:
+                box["error"] = exc
+
+        t = threading.Thread(target=write_forever, daemon=True)
+        t.start()
+        time.sleep(3)  # long enough to fill the pipe, the window and the stream's queue
+        assert t.is_alive(), box
+        listener.kill()
+        listener.wait()
+        t.join(30)
+        assert not t.is_alive(), "the writer was not released"
+        assert isinstance(box.get("error"), sctpbond.SctpbondError), box
+    finally:
+        stop(listener)

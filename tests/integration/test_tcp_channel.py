@@ -10,8 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from sctpbond.errors import RemoteProtocolError, TransportError
+from sctpbond.errors import IntegrityError, RemoteProtocolError, TransportError
+from sctpbond.proto.crypto import Sealer
 from sctpbond.proto.frames import HEADER, LISTENER_HELLO, FrameType, Ping, data_prefix, decode, encode
+from sctpbond.transport.sealed import SealedChannel
 from sctpbond.transport.tcp import TcpChannel, TcpListener
 
 
@@ -88,3 +90,35 @@ def test_a_slow_reader_is_not_cut_and_every_byte_arrives(pair):
     reader.join(30)
     assert decode(bytes(got)).payload == payload
     assert time.monotonic() - t0 < 10
+
+
+KEYS = (bytes(range(32)), bytes(range(32, 64)))
+
+
+def _sealed_pair(pair) -> tuple[socket.socket, SealedChannel]:
+    """Our channel sealed, and a raw peer socket that sends what we make it (an on-path attacker's stream)."""
+    ours, peer = pair
+    return peer, SealedChannel(ours, KEYS[1], KEYS[0])  # we receive under KEYS[0]
+
+
+def test_a_bit_flipped_in_a_sealed_frames_header_fails_the_path_not_the_session(pair):
+    """The outer header is refused by the transport before the opener sees it; that still means 'not protected
+    as agreed' (IntegrityError: the path fails and is re-dialled), not a protocol violation of the peer's."""
+    peer, ours = _sealed_pair(pair)
+    head, body = Sealer(KEYS[0]).seal((encode(Ping(1)),))
+    wire = bytearray(head + body)
+    wire[1] ^= 0x01  # the flags byte
+    peer.sendall(wire)
+    with pytest.raises(IntegrityError):
+        ours.recv()
+
+
+def test_a_dropped_sealed_frame_on_tcp_fails_the_path(pair):
+    """TCP delivers in order: a sequence number that skips one means a frame was removed on the way."""
+    peer, ours = _sealed_pair(pair)
+    sealer = Sealer(KEYS[0])
+    first, _dropped, third = (b"".join(sealer.seal((encode(Ping(i)),))) for i in range(3))
+    peer.sendall(first + third)
+    assert decode(ours.recv()) == Ping(0)
+    with pytest.raises(IntegrityError, match="was due"):
+        ours.recv()
