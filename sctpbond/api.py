@@ -2,7 +2,7 @@
 
     import sctpbond
 
-    KEY = open("key", "rb").read().strip()  # at least 16 bytes: head -c 32 /dev/urandom | base64 > key
+    KEY = open("key", "rb").read().strip()  # at least 16 bytes: sctpbond keygen key
     with sctpbond.connect(["10.0.1.2", "10.0.2.2"], key=KEY) as stream:
         stream.write(b"hello")
         stream.close_write()            # our direction is complete (FIN)

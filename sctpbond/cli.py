@@ -76,8 +76,8 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--transport", "-t", type=click.Choice(TRANSPORTS), default="auto", show_default=True,
                      help="auto: kernel SCTP where available, otherwise TCP (one connection per path)."),
         click.option("--key-file", type=click.Path(dir_okay=False),
-                     help="Pre-shared key, at least 16 bytes, mode 600 (make one: head -c 32 /dev/urandom | base64 "
-                          "> key; chmod 600 key): both ends must use the same one (or set SCTPBOND_KEY). "
+                     help="Pre-shared key, at least 16 bytes, mode 600 (make one with `sctpbond keygen FILE`): "
+                          "both ends must use the same one (or set SCTPBOND_KEY). "
                           "Authenticates both ends with HMAC-SHA256 over the whole handshake and encrypts every "
                           "frame with AES-256-GCM; "
                           "without a key, paths join with a random 128-bit session token (a stranger cannot join your "
@@ -362,6 +362,30 @@ def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multipli
         endpoint.close(True)
     _write_stats(shared.stats_json, stats)
     _summary(stats)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@friendly_errors
+def keygen(file: str) -> None:
+    """Write a new pre-shared key to FILE for --key-file: 32 random bytes as one line of base64, mode 600. An
+    existing FILE is never overwritten. Copy it to the other end over a channel you trust (scp, a config tool)."""
+    import base64
+    import secrets
+
+    line = base64.b64encode(secrets.token_bytes(32)) + b"\n"
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # mode 600 from the start: never readable
+    except FileExistsError:
+        raise UsageError(f"{file} exists; not overwriting a key (remove it first to make a new one)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create {file}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    click.echo(f"wrote a 32-byte key to {file} (mode 600); give both ends the same file with --key-file", err=True)
 
 
 @main.group()

@@ -14,7 +14,7 @@ from .runner import RunnerConfig
 #: A pre-shared key shorter than this is refused wherever it enters (--key-file, SCTPBOND_KEY, the API's key=):
 #: the handshake hands a dialler's MAC to whoever answers at the address it dials, an offline check of a guess.
 MIN_KEY_BYTES = 16
-KEY_ADVICE = "use 32 random bytes: head -c 32 /dev/urandom | base64 > key; chmod 600 key"
+KEY_ADVICE = "make one with: sctpbond keygen FILE"
 
 
 def check_key(key: bytes | None, where: str = "the key") -> None:
