@@ -61,15 +61,7 @@ class _StreamEndpoint(Endpoint):
     def read(self, n: int) -> bytes:
         with self._cond:
             self._cond.wait_for(lambda: self._to_peer or self._to_peer_eof or self.ended)
-            if not self._to_peer:
-                return b""
-            block = self._to_peer.popleft()
-            if len(block) > n:
-                block, rest = block[:n], block[n:]
-                self._to_peer.appendleft(rest)
-            self._queued["to"] -= len(block)
-            self._cond.notify_all()
-            return block
+            return self._take(self._to_peer, "to", n)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._cond:
@@ -120,15 +112,19 @@ class _StreamEndpoint(Endpoint):
         """Up to n bytes the peer sent (n < 0: any amount available); b"" at its end."""
         with self._cond:
             self._cond.wait_for(lambda: self._from_peer or self._from_peer_eof)
-            if not self._from_peer:
-                return b""
-            block = self._from_peer.popleft()
-            if 0 <= n < len(block):
-                block, rest = block[:n], block[n:]
-                self._from_peer.appendleft(rest)
-            self._queued["from"] -= len(block)
-            self._cond.notify_all()
-            return block
+            return self._take(self._from_peer, "from", n)
+
+    def _take(self, queue: deque[bytes], side: str, n: int) -> bytes:
+        """Condition held: up to n bytes from `queue` (n < 0: its next block), b"" if it is empty."""
+        if not queue:
+            return b""
+        block = queue.popleft()
+        if 0 <= n < len(block):
+            block, rest = block[:n], block[n:]
+            queue.appendleft(rest)
+        self._queued[side] -= len(block)
+        self._cond.notify_all()
+        return block
 
 
 class Stream:

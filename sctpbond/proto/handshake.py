@@ -53,6 +53,17 @@ def mac(key: bytes, role: bytes, transcript: bytes) -> bytes:
     return hmac.new(key, role + transcript, hashlib.sha256).digest()
 
 
+def _proof(key: bytes | None, role: bytes, transcript: bytes) -> bytes:
+    """What AUTH or READY carries: the MAC with a key, 32 zero bytes without one."""
+    return mac(key, role, transcript) if key is not None else _ZERO_MAC
+
+
+def _verify(key: bytes | None, role: bytes, transcript: bytes, got: bytes, why: str) -> None:
+    """The peer's proof must be what we compute over the same transcript (constant time); else ABORT(AUTH)."""
+    if not hmac.compare_digest(_proof(key, role, transcript), got):
+        raise _refuse(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, "wrong key")
+
+
 def path_keys(key: bytes, cnonce: bytes, snonce: bytes, transcript: bytes) -> tuple[bytes, bytes]:
     """Per-connection AES-256 keys (client->server, server->client), from HKDF-SHA256 over the pre-shared key, both
     fresh nonces and the transcript's hash: every path connection, and every re-join, gets fresh keys."""
@@ -123,16 +134,12 @@ class ClientHandshake:
         if isinstance(frame, Abort):
             _raise_abort(frame, "the listener")
         assert isinstance(frame, Welcome)
-        if self.kind == HelloKind.JOIN and frame.token != self.token:
-            raise _refuse(RemoteProtocolError("the listener answered a join with another session's token"),
-                          AbortCode.PROTOCOL)
-        try:
-            check_params(frame.window, frame.max_chunk, "the listener")
-        except RemoteProtocolError as exc:
-            raise _refuse(exc, AbortCode.PROTOCOL) from None
+        if self.kind == HelloKind.JOIN and frame.token != self.token:  # (RemoteProtocolError: ABORT(PROTOCOL))
+            raise RemoteProtocolError("the listener answered a join with another session's token")
+        check_params(frame.window, frame.max_chunk, "the listener")
         self._welcome = frame
         self._transcript += bytes(raw)
-        auth = encode(Auth(mac(self.key, _CLIENT, self._transcript) if self.key is not None else _ZERO_MAC))
+        auth = encode(Auth(_proof(self.key, _CLIENT, self._transcript)))
         self._transcript += auth
         return auth
 
@@ -142,11 +149,9 @@ class ClientHandshake:
         if isinstance(frame, Abort):
             _raise_abort(frame, "the listener")
         assert isinstance(frame, Ready) and self._welcome is not None
-        expected = mac(self.key, _SERVER, self._transcript) if self.key is not None else _ZERO_MAC
-        if not hmac.compare_digest(expected, frame.mac):
-            why = ("the listener does not have the same key, or the handshake was altered on the way"
-                   if self.key is not None else "a keyless listener sent a MAC")
-            raise _refuse(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, "wrong key")
+        _verify(self.key, _SERVER, self._transcript, frame.mac,
+                "the listener does not have the same key, or the handshake was altered on the way"
+                if self.key is not None else "a keyless listener sent a MAC")
         w, keys = self._welcome, None
         if self.key is not None:
             keys = path_keys(self.key, self.nonce, w.nonce, self._transcript)  # (c2s, s2c): send, receive
@@ -181,10 +186,7 @@ class ServerHandshake:
         return LISTENER_HELLO if self.hello is None else LISTENER_AUTH
 
     def receive_hello(self, raw: Buffer) -> Hello:
-        try:
-            frame = decode(raw, LISTENER_HELLO)
-        except RemoteProtocolError as exc:
-            raise _refuse(exc, AbortCode.PROTOCOL) from None
+        frame = decode(raw, LISTENER_HELLO)  # a RemoteProtocolError carries ABORT(PROTOCOL) itself
         assert isinstance(frame, Hello)
         if frame.keyed != (self.key is not None):
             why = ("the listener requires a key (--key-file / SCTPBOND_KEY)" if self.key is not None
@@ -195,10 +197,7 @@ class ServerHandshake:
             raise _refuse(AuthError(f"refused: {why}"), AbortCode.AUTH, why)
         if frame.path_id >= self.max_paths:
             raise _refuse(RemoteProtocolError(f"path id {frame.path_id} over the limit"), AbortCode.TOO_MANY_PATHS)
-        try:
-            check_params(frame.window, frame.max_chunk, "the dialler")
-        except RemoteProtocolError as exc:
-            raise _refuse(exc, AbortCode.PROTOCOL) from None
+        check_params(frame.window, frame.max_chunk, "the dialler")
         if frame.kind == HelloKind.NEW:
             self.token = self._new_token()
         elif self._knows(frame.token):
@@ -222,10 +221,8 @@ class ServerHandshake:
         if isinstance(frame, Abort):
             _raise_abort(frame, "the dialler")
         assert isinstance(frame, Auth) and self.hello is not None
-        expected = mac(self.key, _CLIENT, self._transcript) if self.key is not None else _ZERO_MAC
-        if not hmac.compare_digest(expected, frame.mac):
-            why = "a peer presented a wrong key" if self.key is not None else "a keyless dialler sent a MAC"
-            raise _refuse(AuthError(f"authentication failed: {why}"), AbortCode.AUTH, "wrong key")
+        _verify(self.key, _CLIENT, self._transcript, frame.mac,
+                "a peer presented a wrong key" if self.key is not None else "a keyless dialler sent a MAC")
         self._transcript += bytes(raw)
         h, keys = self.hello, None
         if self.key is not None:
@@ -237,4 +234,4 @@ class ServerHandshake:
     def ready(self) -> bytes:
         if self.result is None:  # an explicit check, not an assert: mac_s before mac_c was verified is an oracle
             raise LocalProtocolError("READY before the dialler's AUTH was verified")
-        return encode(Ready(mac(self.key, _SERVER, self._transcript) if self.key is not None else _ZERO_MAC))
+        return encode(Ready(_proof(self.key, _SERVER, self._transcript)))

@@ -388,7 +388,7 @@ class Session:
         try:
             self._receive(self.paths[pid], frame, now)
         except RemoteProtocolError as exc:
-            self.abort(AbortCode(exc.abort_code), str(exc), RemoteProtocolError(f"path {pid}: {exc}"))
+            self.peer_violated(pid, exc, now)
         self._check_terminated()
 
     def _receive(self, path: PathState, frame: Frame, now: float) -> None:

@@ -262,11 +262,9 @@ class SessionRunner:
                     if session.failure is not None or session.recv_done:
                         break
                     self._cond_read.wait(0.5)
-            if not chunks:
+            if not chunks:  # (a failure has reached the endpoint already: SessionTerminated in _on_events)
                 if session.failure is None:
                     endpoint.recv_done()  # all the peer sent is written: pass the end on (a relay's half-close)
-                else:
-                    endpoint.session_failed(session.failure)
                 return
             total = 0
             try:

@@ -242,25 +242,18 @@ class Server:
             endpoint = self.endpoints(info)
             runner = SessionRunner(session, endpoint=endpoint, config=self.options.runner)
         except SctpbondError as exc:
-            self._unclaim(neg.token)
-            if endpoint is not None:
-                endpoint.stop()
-                endpoint.close(True)
             try:
                 channel.send((encode(Abort(AbortCode.CANCELLED, str(exc))),))
             except TransportError:
                 pass
-            self._reject(channel, f"session {info.number}: {exc}")
+            self._abandon(channel, neg.token, endpoint, f"session {info.number}: {exc}")
             self._end(exc)
             return
         served = Served(info.number, info.peer, neg.token, runner, endpoint)
         with self._lock:
             late = not self.keep_open and self._fatal is not None  # the listener gave up meanwhile
         if late:
-            self._unclaim(neg.token)
-            endpoint.stop()
-            endpoint.close(True)
-            self._reject(channel, f"session {info.number}: the listener already ended")
+            self._abandon(channel, neg.token, endpoint, f"session {info.number}: the listener already ended")
             return
         with self._lock:
             self.sessions[neg.token] = served
@@ -277,6 +270,14 @@ class Server:
             threading.Thread(target=self._serve, args=(served,), name=f"session-{info.number}", daemon=True).start()
         else:
             self._decided.set()  # run() serves it in the main thread (Ctrl-C then tells the peer)
+
+    def _abandon(self, channel: Channel, token: bytes, endpoint: Endpoint | None, why: str) -> None:
+        """A session that could not start: give back its slot and token, release its endpoint, log why."""
+        self._unclaim(token)
+        if endpoint is not None:
+            endpoint.stop()
+            endpoint.close(True)
+        self._reject(channel, why)
 
     def _join(self, channel: Channel, neg: Negotiated) -> None:
         with self._lock:

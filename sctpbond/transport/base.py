@@ -119,6 +119,7 @@ class SocketChannel(Channel):
     """A channel over one connected socket `self.sock` (TCP, or the stdlib side of an SCTP association)."""
 
     sock: socket.socket
+    send_stall = 0.0  # seconds without progress after which a send fails (set_send_stall)
 
     def set_timeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds)
@@ -126,6 +127,7 @@ class SocketChannel(Channel):
     def set_send_stall(self, seconds: float) -> None:
         # SO_SNDTIMEO bounds each blocking send's wait for buffer space: a send that moved no byte in that time
         # returns EAGAIN (send_all then gives up), one that moved some returns its count and goes on.
+        self.send_stall = seconds
         usec = max(1, int(seconds * 1e6))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", usec // 1_000_000,
                                                                                usec % 1_000_000))

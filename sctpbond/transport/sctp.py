@@ -216,7 +216,6 @@ class SctpChannel(SocketChannel):
         self._events_lock = threading.Lock()
         self._status: dict = {}
         self._ordered = False  # order_until_heard(): DATA on stream 0, ordered, until the peer is heard
-        self._stall = SCTP_MIN_STALL
         _tune_paths(self.sock)
         self.info()
 
@@ -233,7 +232,7 @@ class SctpChannel(SocketChannel):
         try:
             self.sock.sendmsg(parts, [(SOL_SCTP, SCTP_SNDINFO, info)])  # one message: all of it or nothing
         except BlockingIOError:
-            raise TransportError(f"{self.label}: the peer accepted no data for {self._stall:g} s") from None
+            raise TransportError(f"{self.label}: the peer accepted no data for {self.send_stall:g} s") from None
         except OSError as exc:
             raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
 
@@ -313,8 +312,7 @@ class SctpChannel(SocketChannel):
         # An SCTP message goes into the send buffer whole or not at all, so a send waits for room for the whole
         # frame: on a 1 Mbit/s path a 256 KiB frame needs 2 s of the peer's SACKs, however steadily they come.
         # The stall bound is for a peer that accepts nothing, so it is not cut below what a slow path needs.
-        self._stall = max(seconds, SCTP_MIN_STALL)
-        super().set_send_stall(self._stall)
+        super().set_send_stall(max(seconds, SCTP_MIN_STALL))
 
     def close(self) -> None:
         self.sk.close()

@@ -32,7 +32,6 @@ class TcpChannel(SocketChannel):
         self.local = sock.getsockname()[:2]
         self.remote = sock.getpeername()[:2]
         self._header = bytearray(HEADER_SIZE)
-        self._stall = 0.0
 
     def send(self, parts: Sequence[Buffer], data: bool = False) -> None:
         try:
@@ -42,13 +41,10 @@ class TcpChannel(SocketChannel):
                 parts, total = _after(parts, sent), total - sent
                 sent = self.sock.sendmsg(parts)
         except BlockingIOError:
-            raise TransportError(f"{self.label}: the peer accepted no data for {self._stall:g} s") from None
+            raise TransportError(f"{self.label}: the peer accepted no data for {self.send_stall:g} s") from None
         except OSError as exc:
             raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
 
-    def set_send_stall(self, seconds: float) -> None:
-        super().set_send_stall(seconds)
-        self._stall = seconds
 
     def rtt(self) -> float | None:
         try:

@@ -117,15 +117,10 @@ def test_a_reader_is_released_when_the_session_fails():
         while "first" not in box and time.monotonic() < deadline:
             time.sleep(0.05)
         assert box.get("first") == b"hello"
-        client.kill()
-        client.wait()
-        t.join(30)
-        assert not t.is_alive(), "the reader was not released"
-        assert isinstance(box.get("error"), sctpbond.SctpbondError), box
+        stop(client)
+        assert_released(t, box, "reader")
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
+        stop(client)
 
 
 def test_a_blocked_writer_is_released_when_the_session_fails():
@@ -151,10 +146,14 @@ def test_a_blocked_writer_is_released_when_the_session_fails():
         t.start()
         time.sleep(3)  # long enough to fill the pipe, the window and the stream's queue
         assert t.is_alive(), box
-        listener.kill()
-        listener.wait()
-        t.join(30)
-        assert not t.is_alive(), "the writer was not released"
-        assert isinstance(box.get("error"), sctpbond.SctpbondError), box
+        stop(listener)
+        assert_released(t, box, "writer")
     finally:
         stop(listener)
+
+
+def assert_released(t: threading.Thread, box: dict, who: str) -> None:
+    """The API thread blocked in a read or write came back, with the session's error, once its peer died."""
+    t.join(30)
+    assert not t.is_alive(), f"the {who} was not released"
+    assert isinstance(box.get("error"), sctpbond.SctpbondError), box
