@@ -156,6 +156,8 @@ class Client:
                 if rejoin or attempt:
                     how = "re-joined" if rejoin else "joined"
                     LOG.warning(f"path {pid} ({self.subflows[pid]}) {how} after {attempt} retries")
+                with self._lock:  # before attach: a failure of the new connection must be able to re-dial it
+                    self._redialing.discard(pid)
                 runner.attach(pid, channel)
                 return
         finally:
