@@ -27,8 +27,8 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "setup: python3 -m venv .venv"
     python3 -m venv .venv
 fi
-echo "setup: pip install -e '.[test,sctp,bench,vm]'"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,sctp,bench,vm]'
+echo "setup: pip install -e '.[test,bench,vm]'"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench,vm]'
 
 # Kernel SCTP: use the host's when it has one, otherwise prepare a VM (tests/vm/run.sh) that boots Debian's kernel.
 if .venv/bin/python -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132).close()' 2>/dev/null; then

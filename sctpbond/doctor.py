@@ -1,4 +1,4 @@
-"""`sctpbond doctor`: what this host supports (SCTP, pysctp, addresses per interface, MPTCP, the test VM)."""
+"""`sctpbond doctor`: what this host supports (SCTP and its buffers, addresses per interface, MPTCP, the test VM)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,7 @@ import socket
 
 import click
 
-from .host import mptcp_support, sctp_support
-
-
-def _pysctp() -> tuple[bool, str]:
-    try:
-        import sctp  # noqa: F401  (pysctp)
-    except ImportError as exc:
-        return False, f"not importable ({exc}); pip install 'pysctp==0.7.3'"
-    return True, "importable"
+from .host import mptcp_support, sctp_buffers, sctp_support
 
 
 def _interfaces() -> list[tuple[str, str, list[str]]]:
@@ -39,7 +31,7 @@ def _vm_kernel() -> str:
 
 @click.command()
 def doctor() -> None:
-    """Report what this host supports: kernel SCTP, pysctp, addresses per interface, MPTCP."""
+    """Report what this host supports: kernel SCTP and its buffers, addresses per interface, MPTCP."""
 
     def line(ok: bool, what: str, detail: str) -> None:
         click.echo(f"  [{'ok' if ok else '--'}] {what:14} {detail}")
@@ -47,9 +39,10 @@ def doctor() -> None:
     click.echo(f"sctpbond doctor on {socket.gethostname()} (kernel {os.uname().release})")
     ok, why = sctp_support()
     line(ok, "kernel SCTP", "available" if ok else why)
-    has_pysctp, pysctp_detail = _pysctp()
-    line(has_pysctp, "pysctp", pysctp_detail)
-    line(True, "--transport", f"auto picks {'sctp' if ok and has_pysctp else 'tcp'}")
+    if ok:
+        buffers_ok, detail = sctp_buffers()
+        line(buffers_ok, "SCTP buffers", detail)
+    line(True, "--transport", f"auto picks {'sctp' if ok else 'tcp'}")
     mptcp_ok, mptcp_why = mptcp_support()
     line(mptcp_ok, "MPTCP", "enabled" if mptcp_ok else mptcp_why)
     vm = _vm_kernel()

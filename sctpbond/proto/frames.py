@@ -40,6 +40,9 @@ MAX_PATH_COUNTERS = 64
 MAX_HELD_RANGES = 4096
 #: Limits on the peer's HELLO/WELCOME parameters: the same as on our own options.
 MIN_CHUNK, MAX_CHUNK = 64 * 1024, MAX_PAYLOAD
+# Bytes a DATA frame adds to its payload on the wire at most: its 16-byte prefix, and a seal's header, sequence
+# number and tag around it (SEALED/AUTHED)
+DATA_OVERHEAD = 16 + HEADER_SIZE + 8 + 16
 MIN_WINDOW_CHUNKS, MAX_WINDOW = 4, 1 << 32
 
 

@@ -45,6 +45,7 @@ class PathState:
     min_rtt: float | None = None  # PING round trips: they wait behind our queued data, so they include it
     srtt: float | None = None
     net_rtt: float | None = None  # the transport's own RTT (SCTP srtt, TCP_INFO): the network, not our queue
+    max_chunk: int | None = None  # the largest payload its transport takes in one frame (None: any the session does)
     last_heard: float = 0.0  # when any frame last arrived on this path
     last_sent: float = 0.0  # when we last put a frame on this path
     last_ping: float = 0.0  # when we last queued a PING on it

@@ -38,11 +38,13 @@ class Scheduler:
 
     def chunk(self, path: PathState) -> int:
         """Chunk size for `path`: about `chunk_time` of its rate, so a fast path moves few large frames (the
-        per-frame cost is what limits a 1 Gbit/s path in Python) and a slow one keeps its queue short."""
+        per-frame cost is what limits a 1 Gbit/s path in Python) and a slow one keeps its queue short; never more
+        than its transport takes (`max_chunk`: an SCTP send buffer holds several frames, docs/sctp-notes.md)."""
         cfg = self.config
-        size = min(cfg.min_chunk, cfg.max_chunk)
+        most = min(cfg.max_chunk, path.max_chunk) if path.max_chunk else cfg.max_chunk
+        size = min(cfg.min_chunk, most)
         target = path.rate * cfg.chunk_time if path.rate > 0 else 256 * 1024
-        while size * 2 <= min(target, cfg.max_chunk):
+        while size * 2 <= min(target, most):
             size *= 2
         return size
 

@@ -25,7 +25,7 @@ import xxhash
 
 from ..errors import IntegrityError, RemoteProtocolError, SctpbondError, SessionAborted, TransferFailed
 from .events import AllPathsDown, Event, PathFailed, PathJoined, PathStale, SessionTerminated, StreamEnded
-from .frames import MAX_PATH_COUNTERS, Abort, AbortCode, Ack, Data, Fin, Frame, Ping, Pong
+from .frames import DATA_OVERHEAD, MAX_PATH_COUNTERS, Abort, AbortCode, Ack, Data, Fin, Frame, Ping, Pong
 from .paths import Heartbeat, PathState, Silence
 from .reorder import Chunk, ReorderBuffer
 from .scheduler import Scheduler, SchedulerConfig
@@ -224,8 +224,9 @@ class Session:
         if path is not None and path.alive and seconds is not None and seconds >= 0:
             path.net_rtt = seconds
 
-    def add_path(self, pid: int, now: float, label: str = "") -> PathState:
-        """A connection finished its handshake for this session (first time, or re-joining after a failure)."""
+    def add_path(self, pid: int, now: float, label: str = "", max_frame: int | None = None) -> PathState:
+        """A connection finished its handshake for this session (first time, or re-joining after a failure);
+        `max_frame`: the largest frame its transport takes (Channel.max_frame)."""
         path = self.paths.get(pid)
         rejoined = path is not None
         if path is None:
@@ -233,6 +234,7 @@ class Session:
                 raise RemoteProtocolError(f"more than {self.config.max_paths} paths in one session")
             path = self.paths[pid] = PathState(pid, label)
         path.label = label or path.label
+        path.max_chunk = max(1, max_frame - DATA_OVERHEAD) if max_frame else None
         path.start(now, rejoined)
         self._peer_closed.discard(pid)
         self._all_down_since = None

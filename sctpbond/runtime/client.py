@@ -39,6 +39,7 @@ class PathSpec:
     local: str | None = None
     why: str = ""  # how the path was found (for -v); "" = given by the user
     optional: bool = False  # found automatically: dropped, not retried, if its first dial fails
+    pinned: bool = False  # LOCAL=REMOTE: every packet leaves from `local` (SCTP binds it alone)
 
     def __str__(self) -> str:
         return (f"{self.local}=" if self.local else "") + f"{self.remote[0]}:{self.remote[1]}"
@@ -100,7 +101,7 @@ class Client:
     def _dial(self, pid: int, kind: HelloKind, transport: str) -> tuple[Channel, Negotiated]:
         spec = self.subflows[pid]
         opts = self.options
-        channel = transports.load(transport).connect(spec.remote, spec.local, opts.connect_timeout)
+        channel = transports.load(transport).connect(spec.remote, spec.local, opts.connect_timeout, spec.pinned)
         hs = ClientHandshake(key=opts.key, kind=kind, token=self.token, path_id=pid,
                              nonce=secrets.token_bytes(NONCE_SIZE), window=opts.session.window,
                              max_chunk=opts.session.max_chunk, encrypt=opts.encrypt)
@@ -271,7 +272,7 @@ def expand_hostnames(paths: Sequence[PathSpec], ipv4_only: bool = False) -> list
         addrs = routes.resolve(host, port, family)
         for i, addr in enumerate(addrs):
             why = f"{host} resolves to it" + (f", address {i + 1} of {len(addrs)}" if len(addrs) > 1 else "")
-            out.append(PathSpec((addr, port), spec.local, why, optional=len(addrs) > 1))
+            out.append(PathSpec((addr, port), spec.local, why, optional=len(addrs) > 1, pinned=spec.pinned))
     return out
 
 
@@ -283,7 +284,7 @@ def parse_path(text: str, default_port: int) -> PathSpec:
         if not local:
             raise UsageError(f"bad path {text!r}: empty local address before '='")
     host, port = split_host_port(text, default_port)
-    return PathSpec((host, port), local)
+    return PathSpec((host, port), local, pinned=local is not None)
 
 
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:

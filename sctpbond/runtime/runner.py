@@ -71,6 +71,7 @@ class SessionRunner:
         self._send_conds: dict[int, threading.Condition] = {}
         self.channels: dict[int, Channel] = {}
         self.labels: dict[int, str] = {}
+        self._users: dict[Channel, int] = {}  # path threads still using each channel (its sender and receiver)
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._stop = threading.Event()
@@ -152,8 +153,9 @@ class SessionRunner:
             self.channels[pid] = channel
             self.labels[pid] = channel.label
             self._send_conds.setdefault(pid, threading.Condition(self.lock))
+            self._users[channel] = 2
             channel.set_send_stall(self.session.config.dead_after)
-            self.session.add_path(pid, self.clock(), channel.label)
+            self.session.add_path(pid, self.clock(), channel.label, channel.max_frame)
             self._wake()
         if old is not None:
             old.abort()
@@ -170,7 +172,35 @@ class SessionRunner:
             self._wake()
         channel.abort()
 
+    def _release(self, pid: int, channel: Channel) -> None:
+        """A path thread is done with `channel`: the last one closes it if the path no longer uses it (failed or
+        replaced by a re-join). For SCTP that is when an aborted association sends its ABORT."""
+        with self.lock:
+            left = self._users.get(channel, 1) - 1
+            if left > 0:
+                self._users[channel] = left
+                return
+            self._users.pop(channel, None)
+            path = self.session.paths.get(pid)
+            unused = self.channels.get(pid) is not channel or path is None or not path.alive
+            if self._closing or not unused:
+                return  # _shutdown closes the channels still in use
+        channel.abort()
+        channel.close()
+
     def _sender(self, pid: int, channel: Channel) -> None:
+        try:
+            self._send_loop(pid, channel)
+        finally:
+            self._release(pid, channel)
+
+    def _receiver(self, pid: int, channel: Channel) -> None:
+        try:
+            self._receive_loop(pid, channel)
+        finally:
+            self._release(pid, channel)
+
+    def _send_loop(self, pid: int, channel: Channel) -> None:
         session, cond = self.session, self._send_conds[pid]
         try:
             while True:
@@ -190,7 +220,7 @@ class SessionRunner:
         except TransportError as exc:
             self._path_down(pid, channel, str(exc))
 
-    def _receiver(self, pid: int, channel: Channel) -> None:
+    def _receive_loop(self, pid: int, channel: Channel) -> None:
         session = self.session
         try:
             while True:
@@ -394,8 +424,11 @@ class SessionRunner:
         for pid, channel in channels.items():  # last transport state, while the sockets still exist
             self._final_info[pid] = channel.info()
         for channel in channels.values():
-            channel.abort()
-            channel.close()
+            with self.lock:
+                in_use = channel in self._users
+            if in_use or not success:  # a failure, or threads still on it: tear it down (SCTP: ABORT)
+                channel.abort()
+            channel.close()  # after a success with its threads gone: an orderly close
 
     def stats(self) -> dict:
         with self.lock:

@@ -20,12 +20,12 @@ class Transport:
     """One transport: how to dial a path and how to listen for them."""
 
     name: str
-    connect: Callable[[tuple[str, int], str | None, float], Channel]  # (remote, local address, timeout)
+    connect: Callable[[tuple[str, int], str | None, float, bool], Channel]  # (remote, local address, timeout, pinned)
     listener: Callable[[Sequence[str], int], Listener]  # (bind addresses, port)
 
 
 def load(name: str) -> Transport:
-    """Transport `name`, imported on first use (pysctp only when SCTP is asked for and the kernel has it)."""
+    """Transport `name`, imported on first use (the SCTP module only when SCTP is asked for and the kernel has it)."""
     if name == "tcp":
         from . import tcp
 
@@ -47,11 +47,7 @@ def resolve(name: str) -> list[str]:
         return [name]
     ok, why = sctp_support()
     if ok:
-        try:
-            load("sctp")
-            return ["sctp", "tcp"]
-        except (ImportError, UsageError) as exc:
-            why = f"SCTP transport unusable: {exc}"
+        return ["sctp", "tcp"]
     logging.getLogger("sctpbond").warning(f"kernel SCTP not available ({why}); using TCP, one connection per path")
     return ["tcp"]
 

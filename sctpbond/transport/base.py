@@ -24,6 +24,9 @@ class Channel(abc.ABC):
     transport: str = "?"
     local: tuple[str, int] = ("", 0)
     remote: tuple[str, int] = ("", 0)
+    # The largest frame this transport takes without stalling (None: no limit). SCTP takes a message into its
+    # send buffer only whole, so its frames must stay a fraction of the buffer the kernel really gave.
+    max_frame: int | None = None
 
     @property
     def label(self) -> str:
@@ -79,6 +82,7 @@ class ChannelWrapper(Channel):
     def __init__(self, inner: Channel) -> None:
         self.inner = inner
         self.transport, self.local, self.remote = inner.transport, inner.local, inner.remote
+        self.max_frame = inner.max_frame
 
     @property
     def label(self) -> str:

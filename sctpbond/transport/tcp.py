@@ -97,7 +97,10 @@ def _after(parts: Sequence[Buffer], sent: int) -> list[Buffer]:
     return rest
 
 
-def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 5.0) -> TcpChannel:
+def connect(remote: tuple[str, int], local: str | None = None, timeout: float = 5.0,
+            pinned: bool = False) -> TcpChannel:
+    """One connection to `remote`, from `local` if given (TCP always leaves from the address it is bound to, so
+    `pinned` changes nothing here)."""
     host, port = remote
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:

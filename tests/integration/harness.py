@@ -10,12 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sctpbond.lab.topology import NETNS_DIR, Network
 
 SCTPBOND = [sys.executable, "-m", "sctpbond"]
+# Run as an ordinary user would: root's uid (so the test's files stay readable) but no capability at all, so
+# SO_SNDBUFFORCE/SO_RCVBUFFORCE fail and net.core.wmem_max/rmem_max cap the socket buffers
+UNPRIVILEGED = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
 PORT = 7300
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -141,14 +145,16 @@ class Result:
 
 def transfer(net: Network, tmp: Path, *, to_listener: Path | None, to_client: Path | None,
              client_args: list[str], listen_args: list[str] = (), addrs: list[str] | None = None,
-             timeout: float = 120.0, during=None, port: int = PORT, client_env: dict | None = None) -> Result:
-    """Listener in host b, client in host a; files in, files out (tmp/out_l, tmp/out_c); both exit codes."""
+             timeout: float = 120.0, during=None, port: int = PORT, client_env: dict | None = None,
+             prefix: Sequence[str] = ()) -> Result:
+    """Listener in host b, client in host a; files in, files out (tmp/out_l, tmp/out_c); both exit codes.
+    `prefix` goes before both commands (e.g. UNPRIVILEGED)."""
     addrs = addrs if addrs is not None else [net.addr("b", i) for i in range(len(net.topo.links))]
     lstats, cstats = tmp / "listen.json", tmp / "connect.json"
-    lcmd = SCTPBOND + ["listen", "-p", str(port), "-o", str(tmp / "out_l"), "--stats-json", str(lstats),
-                       *listen_args]
-    ccmd = SCTPBOND + ["connect", "-p", str(port), "-o", str(tmp / "out_c"), "--stats-json", str(cstats),
-                       *client_args, *addrs]
+    lcmd = [*prefix, *SCTPBOND, "listen", "-p", str(port), "-o", str(tmp / "out_l"), "--stats-json", str(lstats),
+            *listen_args]
+    ccmd = [*prefix, *SCTPBOND, "connect", "-p", str(port), "-o", str(tmp / "out_c"), "--stats-json",
+            str(cstats), *client_args, *addrs]
     if to_client is None:
         lcmd.append("-N")
     if to_listener is None:
