@@ -165,6 +165,9 @@ class SctpChannel(SocketChannel):
             except OSError as exc:
                 if self._aborted:
                     break
+                if exc.errno in (errno.ECONNRESET, errno.ESRCH, errno.EPIPE):  # ESRCH: the association was freed
+                    raise TransportError(f"{self.label}: association ended (aborted by the peer, or it timed "
+                                         f"out)") from None
                 raise TransportError(f"send on {self.label} failed: {exc.strerror or exc}") from None
         raise TransportError(f"{self.label} aborted")
 
