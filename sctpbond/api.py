@@ -26,11 +26,15 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from . import transport as transports
 from .errors import SctpbondError, UsageError
 from .runtime.endpoints import Endpoint
 from .runtime.options import DEFAULT_PORT, Options, make_options
+
+if TYPE_CHECKING:
+    from .runtime.client import PathSpec
 
 MiB = 1 << 20
 
@@ -192,14 +196,24 @@ def options(*, key: bytes | str | None = None, encrypt: bool = True, window: int
 
 @contextmanager
 def connect(addresses: Sequence[str | tuple[str, int]], *, port: int = DEFAULT_PORT, transport: str = "auto",
-            multiplier: int = 1, auto: bool = True, **settings: object) -> Iterator[Stream]:
+            multiplier: int = 1, auto: bool = True, backup: Sequence[str | tuple[str, int]] = (),
+            redundant: bool = False, **settings: object) -> Iterator[Stream]:
     """Open a session over one path per address ("10.0.1.2", ("10.0.2.2", 7301) or "LOCAL=REMOTE"); with
     `auto`, also over the addresses the listener advertises (from the local address that routes to each).
-    Raises at once if no path can be opened."""
+    `backup`: paths that carry the stream only while no other can (as --backup); `redundant`: every chunk on two
+    paths (as --redundant). Raises at once if no path can be opened."""
+    from dataclasses import replace
+
     from .runtime.client import Client, parse_path
 
-    paths = [parse_path(a if isinstance(a, str) else f"{a[0]}:{a[1]}", port) for a in addresses]
+    def spec(a: str | tuple[str, int], is_backup: bool) -> PathSpec:
+        return parse_path(a if isinstance(a, str) else f"{a[0]}:{a[1]}", port, is_backup)
+
+    paths = [spec(a, False) for a in addresses] + [spec(a, True) for a in backup]
+    if paths and all(p.backup for p in paths):
+        raise UsageError("only backup paths given: name at least one regular address")
     opts = options(**settings)  # type: ignore[arg-type]
+    opts = replace(opts, session=replace(opts.session, redundant=redundant))
     client: Client | None = None
     stream = Stream(lambda: client.wait() if client is not None else {})
     client = Client(paths, transport=transport, multiplier=multiplier, options=opts, endpoint=stream._endpoint,

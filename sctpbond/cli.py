@@ -125,11 +125,11 @@ def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return collect
 
 
-def _options(shared: Shared) -> Options:
+def _options(shared: Shared, redundant: bool = False) -> Options:
     rate = parse_rate(shared.limit_rate, "--limit-rate") if shared.limit_rate else None
     return make_options(window=parse_size(shared.window, "--window"), chunk=parse_size(shared.chunk, "--chunk"),
                         dead_after=shared.dead_after, path_timeout=shared.path_timeout, limit_rate=rate,
-                        key=_read_key(shared.key_file), encrypt=not shared.no_encrypt)
+                        key=_read_key(shared.key_file), encrypt=not shared.no_encrypt, redundant=redundant)
 
 
 def _with_progress(opts: Options, shared: Shared, source_fd: int | None) -> Options:
@@ -322,6 +322,14 @@ def _per_session(pattern: str, served: Any) -> str:
               help="Port for ADDRs given without one.")
 @click.option("--path", "pinned", multiple=True, metavar="LOCAL=REMOTE[:PORT]",
               help="A path pinned to a local address (repeatable), e.g. --path 10.0.1.1=10.0.1.2.")
+@click.option("--backup", "backups", multiple=True, metavar="ADDR[:PORT]",
+              help="A backup path (repeatable): it carries only heartbeats while any other path works, and the "
+                   "stream when none does (a metered LTE uplink, a slow spare link).")
+@click.option("--backup-path", "backup_paths", multiple=True, metavar="LOCAL=REMOTE[:PORT]",
+              help="A backup path pinned to a local address (repeatable).")
+@click.option("--redundant", is_flag=True,
+              help="Send every chunk on two paths, both directions: a link that dies stalls nothing (live "
+                   "streams), for twice the traffic. Needs two paths or more.")
 @click.option("--multiplier", "-m", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Connections per path (spreads one path over a LAG whose hash pins each connection).")
 @click.option("--no-auto", is_flag=True,
@@ -333,7 +341,8 @@ def _per_session(pattern: str, served: Any) -> str:
               "here instead of stdout.")
 @session_options
 @friendly_errors
-def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multiplier: int, no_auto: bool,
+def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], backups: tuple[str, ...],
+            backup_paths: tuple[str, ...], redundant: bool, multiplier: int, no_auto: bool,
             input_file: str | None, output: str | None, shared: Shared) -> None:
     """Open a session over every given path, and over every further address the listener advertises; send
     stdin, write what comes back to stdout. A hostname stands for all its addresses."""
@@ -343,13 +352,17 @@ def connect(addrs: tuple[str, ...], port: int, pinned: tuple[str, ...], multipli
     setup_logging(shared.verbose, shared.quiet)
     _finish_on_hangup()
     paths = [parse_path(a, port) for a in addrs]
-    for p in pinned:
-        if "=" not in p:
-            raise UsageError(f"bad --path {p!r}: expected LOCAL=REMOTE[:PORT]")
-        paths.append(parse_path(p, port))
+    for option, given, backup in (("--path", pinned, False), ("--backup-path", backup_paths, True)):
+        for p in given:
+            if "=" not in p:
+                raise UsageError(f"bad {option} {p!r}: expected LOCAL=REMOTE[:PORT]")
+            paths.append(parse_path(p, port, backup))
+    paths += [parse_path(a, port, backup=True) for a in backups]
     if not paths:
         raise UsageError("no path given: name at least one ADDR (or --path LOCAL=REMOTE)")
-    opts = _options(shared)
+    if all(p.backup for p in paths):
+        raise UsageError("only backup paths given: name at least one regular ADDR")
+    opts = _options(shared, redundant)
     src, close_src = _stdin_fd(shared.no_stdin, input_file)
     opts = _with_progress(opts, shared, src)
     endpoint = FileEndpoint(output, src) if output and output != "-" else StdioEndpoint(src, 1)

@@ -80,6 +80,9 @@ class AbortCode(enum.IntEnum):
 
 HELLO_FLAG_KEYED = 0x0001
 HELLO_FLAG_ENCRYPT = 0x0002  # keyed client asks for sealed frames after the handshake
+HELLO_FLAG_BACKUP = 0x0004  # this path carries data only while no regular path can (RFC 8684 3.3.8's B flag)
+HELLO_FLAG_REDUNDANT = 0x0008  # NEW only: every chunk goes out on two paths, in both directions
+_HELLO_FLAGS = HELLO_FLAG_KEYED | HELLO_FLAG_ENCRYPT | HELLO_FLAG_BACKUP | HELLO_FLAG_REDUNDANT
 
 _HELLO = struct.Struct("!4sBBHHH16s16sQI")
 _WELCOME = struct.Struct("!16s16sQIB")
@@ -105,10 +108,13 @@ class Hello:
     keyed: bool = False
     version: int = VERSION
     encrypt: bool = False
+    backup: bool = False
+    redundant: bool = False
 
     @property
     def flags(self) -> int:
-        return (HELLO_FLAG_KEYED if self.keyed else 0) | (HELLO_FLAG_ENCRYPT if self.encrypt else 0)
+        return ((HELLO_FLAG_KEYED if self.keyed else 0) | (HELLO_FLAG_ENCRYPT if self.encrypt else 0)
+                | (HELLO_FLAG_BACKUP if self.backup else 0) | (HELLO_FLAG_REDUNDANT if self.redundant else 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +358,12 @@ def _decode_hello(body: memoryview) -> Hello:
         raise RemoteProtocolError(f"peer speaks sctpbond wire version {version}, we speak {VERSION}")
     if resv:
         raise RemoteProtocolError("HELLO with non-zero reserved bits")
-    if flags & ~(HELLO_FLAG_KEYED | HELLO_FLAG_ENCRYPT) or flags == HELLO_FLAG_ENCRYPT:
+    hello_kind = HelloKind(kind)
+    if (flags & ~_HELLO_FLAGS or (flags & HELLO_FLAG_ENCRYPT and not flags & HELLO_FLAG_KEYED)
+            or (flags & HELLO_FLAG_REDUNDANT and hello_kind != HelloKind.NEW)):
         raise RemoteProtocolError(f"HELLO with invalid flags {flags:#x}")
-    return Hello(HelloKind(kind), path_id, token, nonce, window, max_chunk, bool(flags & HELLO_FLAG_KEYED), version,
-                 bool(flags & HELLO_FLAG_ENCRYPT))
+    return Hello(hello_kind, path_id, token, nonce, window, max_chunk, bool(flags & HELLO_FLAG_KEYED), version,
+                 bool(flags & HELLO_FLAG_ENCRYPT), bool(flags & HELLO_FLAG_BACKUP), bool(flags & HELLO_FLAG_REDUNDANT))
 
 
 def _decode_welcome(body: memoryview) -> Welcome:

@@ -85,6 +85,8 @@ class Negotiated:
     peer_addresses: tuple[str, ...] = ()
     keys: tuple[bytes, bytes] | None = None  # (send, receive) AEAD keys with a key, else None
     encrypt: bool = False  # keys seal the frames (True) or only authenticate them (--no-encrypt)
+    backup: bool = False  # the dialler made this path a backup (--backup)
+    redundant: bool = False  # NEW: the dialler asked for redundant copies (--redundant), both directions
 
 
 def _raise_abort(frame: Abort, who: str) -> None:
@@ -108,12 +110,14 @@ class ClientHandshake:
     """Dialling side: hello() -> bytes; receive_welcome(frame) -> AUTH bytes; receive_ready(frame) -> Negotiated."""
 
     def __init__(self, *, key: bytes | None, kind: HelloKind, token: bytes, path_id: int, nonce: bytes,
-                 window: int, max_chunk: int, encrypt: bool = True) -> None:
+                 window: int, max_chunk: int, encrypt: bool = True, backup: bool = False,
+                 redundant: bool = False) -> None:
         if len(nonce) != NONCE_SIZE or len(token) != TOKEN_SIZE:
             raise ValueError("bad nonce or token size")
         self.key, self.kind, self.token, self.path_id = key, kind, token, path_id
         self.encrypt = encrypt and key is not None
         self.nonce, self.window, self.max_chunk = nonce, window, max_chunk
+        self.backup, self.redundant = backup, redundant and kind == HelloKind.NEW
         self.result: Negotiated | None = None
         self._welcome: Welcome | None = None
         self._transcript = b""
@@ -124,7 +128,7 @@ class ClientHandshake:
 
     def hello(self) -> bytes:
         frame = Hello(self.kind, self.path_id, self.token, self.nonce, self.window, self.max_chunk,
-                      self.key is not None, encrypt=self.encrypt)
+                      self.key is not None, encrypt=self.encrypt, backup=self.backup, redundant=self.redundant)
         self._transcript = encode(frame)
         return self._transcript
 
@@ -156,7 +160,7 @@ class ClientHandshake:
         if self.key is not None:
             keys = path_keys(self.key, self.nonce, w.nonce, self._transcript)  # (c2s, s2c): send, receive
         self.result = Negotiated(w.token, self.path_id, self.kind, w.window, w.max_chunk, w.addresses, keys,
-                                 self.encrypt)
+                                 self.encrypt, self.backup, self.redundant)
         return self.result
 
 
@@ -228,7 +232,8 @@ class ServerHandshake:
         if self.key is not None:
             c2s, s2c = path_keys(self.key, h.nonce, self.nonce, self._transcript)
             keys = (s2c, c2s)  # send, receive
-        self.result = Negotiated(self.token, h.path_id, h.kind, h.window, h.max_chunk, keys=keys, encrypt=h.encrypt)
+        self.result = Negotiated(self.token, h.path_id, h.kind, h.window, h.max_chunk, keys=keys, encrypt=h.encrypt,
+                                 backup=h.backup, redundant=h.redundant)
         return self.result
 
     def ready(self) -> bytes:

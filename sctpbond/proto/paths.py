@@ -33,6 +33,7 @@ class PathState:
     label: str = ""
     alive: bool = True
     stale: bool = False  # silent for a while with data outstanding: no new data until it is heard again
+    backup: bool = False  # carries data only while no regular path is alive and not stale (proto/striping.py)
     sent: int = 0  # payload bytes put on this path (resends included)
     peer_received: int = 0  # payload bytes the peer says arrived on this path
     received: int = 0  # payload bytes that arrived here on this path

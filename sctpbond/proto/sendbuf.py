@@ -25,6 +25,7 @@ class SentChunk:
     path: int  # path it was last sent on
     sends: int = 1
     queued: bool = False  # waiting in the resend queue
+    copy_path: int = -1  # --redundant: the path its second copy went on (-1: none)
 
     @property
     def end(self) -> int:

@@ -31,6 +31,7 @@ from .reorder import Chunk, ReorderBuffer
 from .scheduler import Scheduler, SchedulerConfig
 from .sendbuf import Buffer, SendBuffer
 from .stats import SessionStats, progress_line, snapshot
+from .striping import Striper
 
 MiB = 1 << 20
 
@@ -65,6 +66,7 @@ class SessionConfig:
     ack_delay: float = 0.02
     fin_retry: float = 1.0
     max_paths: int = MAX_PATH_COUNTERS
+    redundant: bool = False  # every chunk on two paths (proto/striping.py); the dialler's HELLO sets it for both
     # A frame that fails authentication fails its path (re-dialled), not the session: a flipped bit on one link
     # must not end a transfer that would survive that link's loss. More than this many on one path within
     # auth_failure_period means someone is at work on the link: the session is aborted.
@@ -86,6 +88,8 @@ class Session:
         self.sendbuf = SendBuffer(min(config.send_cap, peer_window))
         self.reorder = ReorderBuffer(config.window)
         self.paths: dict[int, PathState] = {}
+        self.striper = Striper(self.sendbuf, self.scheduler, self.paths, peer_window=peer_window, chunk=self.chunk,
+                               redundant=config.redundant, wake=self._wake_send)
         self.started = now
         self.failure: SctpbondError | None = None
         self.peer_fin: int | None = None
@@ -104,8 +108,6 @@ class Session:
         self._armed: float | None = None  # the deadline get_timer() last gave
         self._wake = Wake.NONE
         self._send_wake: set[int] | None = set()  # the paths a Wake.SEND is for; None: every path
-        self.resent_bytes = 0
-        self.first_resend_at: float | None = None  # when the first byte went out again (failover latency)
         # End-to-end digests (XXH3-128, ~18 GB/s) of each direction's stream, as written by the sender's
         # application and as handed to ours: the FIN carries the sender's, and the final ACK (FIN flag) is only
         # sent once ours matches, so neither side reports success over a corrupted stream.
@@ -118,6 +120,18 @@ class Session:
     def next_event(self) -> Event | None:
         """The oldest event not taken yet, or None."""
         return self._events.popleft() if self._events else None
+
+    @property
+    def resent_bytes(self) -> int:
+        return self.striper.resent_bytes
+
+    @property
+    def first_resend_at(self) -> float | None:
+        return self.striper.first_resend_at
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.striper.copied_bytes
 
     @property
     def has_events(self) -> bool:
@@ -187,7 +201,7 @@ class Session:
     def _wake_ready(self) -> None:
         """New data or window: wake the paths that could take some now (the others wait for their own ACKs)."""
         for path in self.alive_paths:
-            if not path.stale and self.scheduler.grant(path) > 0:
+            if self.striper.ready(path):
                 self._wake_send(path.id)
 
     @property
@@ -224,16 +238,18 @@ class Session:
         if path is not None and path.alive and seconds is not None and seconds >= 0:
             path.net_rtt = seconds
 
-    def add_path(self, pid: int, now: float, label: str = "", max_frame: int | None = None) -> PathState:
+    def add_path(self, pid: int, now: float, label: str = "", max_frame: int | None = None,
+                 backup: bool = False) -> PathState:
         """A connection finished its handshake for this session (first time, or re-joining after a failure);
-        `max_frame`: the largest frame its transport takes (Channel.max_frame)."""
+        `max_frame`: the largest frame its transport takes (Channel.max_frame); `backup`: the dialler's HELLO
+        made it a backup path (data only while no regular path can carry it)."""
         path = self.paths.get(pid)
         rejoined = path is not None
         if path is None:
             if len(self.paths) >= self.config.max_paths:
                 raise RemoteProtocolError(f"more than {self.config.max_paths} paths in one session")
             path = self.paths[pid] = PathState(pid, label)
-        path.label = label or path.label
+        path.label, path.backup = label or path.label, backup
         path.max_chunk = max(1, max_frame - DATA_OVERHEAD) if max_frame else None
         path.start(now, rejoined)
         self._peer_closed.discard(pid)
@@ -258,7 +274,7 @@ class Session:
             self._peer_closed.add(pid)
         self._ctrl[pid].clear()
         self._ack_due.discard(pid)
-        requeued = self.sendbuf.requeue_path(pid)
+        requeued = self.striper.path_lost(pid)
         if self.sendbuf.eof and not self.fin_acked:
             for other in self.alive_paths:  # the FIN may have been lost with this path
                 self._queue(other.id, self._fin())
@@ -481,65 +497,13 @@ class Session:
             return self._make_ack(path.id)
         if self.failure is not None:
             return None
-        return self._next_data(path, now)
+        return self.striper.next_data(path, now)
 
     def _make_ack(self, pid: int) -> Ack:
         self._ack_due.discard(pid)
         self._unacked_rx, self._unacked_since = 0, None
         counters = tuple((p.id, p.received) for p in self.paths.values())
         return Ack(self.reorder.consumed, counters, bool(self.digest_ok))
-
-    def _next_data(self, path: PathState, now: float) -> Data | None:
-        sb = self.sendbuf
-        if path.stale:
-            return None
-        # Resends go first but within the path's quota like new data: dumping a dead path's chunks on the
-        # survivors all at once would bury their heartbeats in queued data and make them look dead in turn.
-        grant = self.scheduler.grant(path)
-        if grant <= 0:
-            return None
-        if sb.resend_pending:
-            chunk = sb.take_resend(path.id)
-            if chunk is not None:
-                return self._resend(path, chunk.offset, chunk.data, now)
-        limit = min(grant, sb.acked + self.peer_window - sb.sent_offset)
-        chunk = sb.take_new(limit, path.id)
-        if chunk is not None:
-            return self._account(path, chunk.offset, chunk.data)
-        if path.in_flight == 0:
-            self.scheduler.on_idle(path, now)
-        return self._reinject(path, now)
-
-    def _reinject(self, path: PathState, now: float) -> Data | None:
-        """Opportunistic reinjection (as MPTCP does): when we are blocked (tail of the stream, or the buffer is
-        full) and this path is idle, send again the oldest chunk still waiting on a slower or dead path, once."""
-        sb = self.sendbuf
-        if not (sb.eof or sb.space() < self.chunk):
-            return None
-        for i, chunk in enumerate(sb.iter_unacked()):
-            if i >= 32:
-                break
-            if chunk.sends > 1 or chunk.queued or chunk.path == path.id:
-                continue
-            owner = self.paths.get(chunk.path)
-            if owner is not None and owner.alive and not owner.stale and 2 * owner.rate >= path.rate:
-                continue  # its own path is not much slower: it will arrive about as soon
-            chunk.path, chunk.sends = path.id, chunk.sends + 1
-            return self._resend(path, chunk.offset, chunk.data, now)
-        return None
-
-    def _resend(self, path: PathState, offset: int, data: memoryview, now: float) -> Data:
-        path.resent_chunks += 1
-        self.resent_bytes += len(data)
-        if self.first_resend_at is None:
-            self.first_resend_at = now
-        return self._account(path, offset, data)
-
-    @staticmethod
-    def _account(path: PathState, offset: int, data: memoryview) -> Data:
-        path.sent += len(data)
-        path.chunks_sent += 1
-        return Data(offset, data)
 
     # -- time ------------------------------------------------------------------------------------------------------
     def handle_timer(self, now: float) -> None:
@@ -552,9 +516,8 @@ class Session:
                 self.fail_path(path.id, f"no answer for {now - path.last_heard:.1f} s", now)
                 continue
             if verdict is Silence.STALE:
-                requeued = self.sendbuf.requeue_path(path.id)
-                if requeued:
-                    self._wake_send()
+                requeued = self.striper.path_lost(path.id)
+                self._wake_send()  # the others take its chunks; backups take over if it was the last regular
                 self._emit(PathStale(path.id, now - path.last_heard, requeued))
             if path.ping_due(now, hb):
                 self._queue(path.id, Ping(int(now * 1e6) & 0xFFFF_FFFF_FFFF_FFFF))
@@ -592,7 +555,6 @@ class Session:
         self._wake_send()
         self._wake |= Wake.STATE | Wake.READ | Wake.WRITE
         self._check_terminated()
-
 
     # -- reporting -------------------------------------------------------------------------------------------------
     def stats(self, now: float) -> SessionStats:

@@ -32,6 +32,8 @@ class Session(Protocol):
     @property
     def first_resend_at(self) -> float | None: ...
     @property
+    def copied_bytes(self) -> int: ...
+    @property
     def tx_digest(self) -> _Hasher: ...
     @property
     def rx_digest(self) -> _Hasher: ...
@@ -61,6 +63,7 @@ class PathStats:
     net_rtt: float | None
     down_reason: str
     down_at: float | None
+    backup: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ class SessionStats:
     bytes_received: int  # handed to the application and consumed
     resent_bytes: int
     first_resend: float | None
+    copied_bytes: int  # --redundant: second copies sent
     duplicate_bytes_dropped: int
     peak_reorder_bytes: int
     peak_reorder_ranges: int
@@ -89,11 +93,11 @@ def snapshot(s: Session, now: float) -> SessionStats:
     paths = tuple(PathStats(
         p.id, p.label, p.alive, p.up_since - start, p.sent, p.received, p.chunks_sent, p.chunks_received,
         p.resent_chunks, p.stale_events, _since(p.stale_at, start), p.rate, p.srtt, p.net_rtt, p.down_reason,
-        _since(p.down_at, start),
+        _since(p.down_at, start), p.backup,
     ) for p in s.paths.values())
     return SessionStats(
         max(now - start, 1e-9), s.sendbuf.written, s.sendbuf.acked, reorder.consumed, s.resent_bytes,
-        _since(s.first_resend_at, start), reorder.stats.duplicate_bytes, reorder.stats.peak_buffered,
+        _since(s.first_resend_at, start), s.copied_bytes, reorder.stats.duplicate_bytes, reorder.stats.peak_buffered,
         reorder.stats.peak_ranges, s.tx_digest.hexdigest() if s.sendbuf.eof else None,
         s.rx_digest.hexdigest() if s.recv_done else None, s.digest_ok, paths,
     )
@@ -109,7 +113,7 @@ def _mbit(nbytes: float, seconds: float) -> float:
 
 def path_json(p: PathStats, elapsed: float) -> dict[str, Any]:
     return {
-        "id": p.id, "label": p.label, "alive": p.alive, "up_at_s": _r(p.up_at),
+        "id": p.id, "label": p.label, "alive": p.alive, "backup": p.backup, "up_at_s": _r(p.up_at),
         "bytes_sent": p.bytes_sent, "bytes_received": p.bytes_received,
         "chunks_sent": p.chunks_sent, "chunks_received": p.chunks_received,
         "resent_chunks": p.resent_chunks, "stale_events": p.stale_events, "stale_at_s": _r(p.stale_at),
@@ -125,7 +129,7 @@ def to_json(st: SessionStats) -> dict[str, Any]:
     return {
         "elapsed_s": round(st.elapsed, 3),
         "bytes_sent": st.bytes_sent, "bytes_acked": st.bytes_acked, "bytes_received": st.bytes_received,
-        "resent_bytes": st.resent_bytes, "first_resend_s": _r(st.first_resend),
+        "resent_bytes": st.resent_bytes, "first_resend_s": _r(st.first_resend), "copied_bytes": st.copied_bytes,
         "duplicate_bytes_dropped": st.duplicate_bytes_dropped,
         "peak_reorder_bytes": st.peak_reorder_bytes, "peak_reorder_ranges": st.peak_reorder_ranges,
         "digest": "xxh3-128", "sent_digest": st.sent_digest, "received_digest": st.received_digest,

@@ -40,9 +40,11 @@ class PathSpec:
     why: str = ""  # how the path was found (for -v); "" = given by the user
     optional: bool = False  # found automatically: dropped, not retried, if its first dial fails
     pinned: bool = False  # LOCAL=REMOTE: every packet leaves from `local` (SCTP binds it alone)
+    backup: bool = False  # --backup: carries data only while no regular path can (proto/striping.py)
 
     def __str__(self) -> str:
-        return (f"{self.local}=" if self.local else "") + f"{self.remote[0]}:{self.remote[1]}"
+        text = (f"{self.local}=" if self.local else "") + f"{self.remote[0]}:{self.remote[1]}"
+        return text + (" (backup)" if self.backup else "")
 
 
 def handshake(channel: Channel, hs: ClientHandshake, timeout: float) -> Negotiated:
@@ -82,8 +84,7 @@ class Client:
         if not 1 <= multiplier <= 16:
             raise UsageError("--multiplier must be between 1 and 16")
         self.transport_names = transports.resolve(transport)
-        # Our SCTP transport is IPv4 only: a hostname then stands for its IPv4 addresses.
-        paths = expand_hostnames(paths, ipv4_only=self.transport_names[0] == "sctp")
+        paths = expand_hostnames(paths)
         subflows = [spec for spec in paths for _ in range(multiplier)]
         if len(subflows) > options.session.max_paths:
             raise UsageError(f"{len(subflows)} connections requested; at most {options.session.max_paths}")
@@ -104,7 +105,8 @@ class Client:
         channel = transports.load(transport).connect(spec.remote, spec.local, opts.connect_timeout, spec.pinned)
         hs = ClientHandshake(key=opts.key, kind=kind, token=self.token, path_id=pid,
                              nonce=secrets.token_bytes(NONCE_SIZE), window=opts.session.window,
-                             max_chunk=opts.session.max_chunk, encrypt=opts.encrypt)
+                             max_chunk=opts.session.max_chunk, encrypt=opts.encrypt, backup=spec.backup,
+                             redundant=opts.session.redundant)
         try:
             neg = handshake(channel, hs, opts.handshake_timeout)
             return secure(channel, neg.keys, neg.encrypt), neg
@@ -116,7 +118,8 @@ class Client:
     def _open_first(self) -> tuple[int, Channel, Negotiated]:
         errors: list[str] = []
         for transport in self.transport_names:
-            for pid in self.subflows:
+            # Regular paths first: a session opened on a backup would put the first data on the metered link.
+            for pid in sorted(self.subflows, key=lambda p: self.subflows[p].backup):
                 try:
                     channel, neg = self._dial(pid, HelloKind.NEW, transport)
                 except (AuthError, SessionAborted, ProtocolError):
@@ -159,7 +162,7 @@ class Client:
                     LOG.warning(f"path {pid} ({self.subflows[pid]}) {how} after {attempt} retries")
                 with self._lock:  # before attach: a failure of the new connection must be able to re-dial it
                     self._redialing.discard(pid)
-                runner.attach(pid, channel)
+                runner.attach(pid, channel, self.subflows[pid].backup)
                 return
         finally:
             with self._lock:
@@ -198,10 +201,12 @@ class Client:
         self.runner = SessionRunner(session, endpoint=self.endpoint, config=self.options.runner,
                                     on_path_down=self._on_path_down)
         LOG.info(f"session open over {self.transport} via path {pid0} ({channel.label})")
-        self.runner.attach(pid0, channel)
+        self.runner.attach(pid0, channel, self.subflows[pid0].backup)
         for pid, spec in self.subflows.items():
             local = channel.local[0] if pid == pid0 else spec.local
-            LOG.info(f"path {pid} {local or 'any'} -> {spec.remote[0]} ({spec.why or 'given on the command line'})")
+            role = " backup" if spec.backup else ""
+            LOG.info(f"path {pid}{role} {local or 'any'} -> {spec.remote[0]} "
+                     f"({spec.why or 'given on the command line'})")
             if pid != pid0:
                 self._start_join(pid, 0.0)
         if self.auto:
@@ -259,10 +264,10 @@ class Client:
                         f"connections (--multiplier {self.multiplier})")
 
 
-def expand_hostnames(paths: Sequence[PathSpec], ipv4_only: bool = False) -> list[PathSpec]:
+def expand_hostnames(paths: Sequence[PathSpec]) -> list[PathSpec]:
     """A hostname stands for all its addresses (getaddrinfo), one path each; when it has several, each is
     optional (dropped if it cannot be reached, as a browser tries each address of a name)."""
-    family = socket.AF_INET if ipv4_only else socket.AF_UNSPEC
+    family = socket.AF_UNSPEC
     out: list[PathSpec] = []
     for spec in paths:
         host, port = spec.remote
@@ -272,11 +277,12 @@ def expand_hostnames(paths: Sequence[PathSpec], ipv4_only: bool = False) -> list
         addrs = routes.resolve(host, port, family)
         for i, addr in enumerate(addrs):
             why = f"{host} resolves to it" + (f", address {i + 1} of {len(addrs)}" if len(addrs) > 1 else "")
-            out.append(PathSpec((addr, port), spec.local, why, optional=len(addrs) > 1, pinned=spec.pinned))
+            out.append(PathSpec((addr, port), spec.local, why, optional=len(addrs) > 1, pinned=spec.pinned,
+                                backup=spec.backup))
     return out
 
 
-def parse_path(text: str, default_port: int) -> PathSpec:
+def parse_path(text: str, default_port: int, backup: bool = False) -> PathSpec:
     """`ADDR`, `ADDR:PORT`, `[V6]:PORT`, or `LOCAL=REMOTE[:PORT]` (pin the path to a local address)."""
     local: str | None = None
     if "=" in text:
@@ -284,7 +290,7 @@ def parse_path(text: str, default_port: int) -> PathSpec:
         if not local:
             raise UsageError(f"bad path {text!r}: empty local address before '='")
     host, port = split_host_port(text, default_port)
-    return PathSpec((host, port), local, pinned=local is not None)
+    return PathSpec((host, port), local, pinned=local is not None, backup=backup)
 
 
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:

@@ -40,8 +40,10 @@ class Options:
 
 
 def make_options(*, window: int, chunk: int, dead_after: float, path_timeout: float,
-                 limit_rate: float | None = None, key: bytes | None = None, encrypt: bool = True) -> Options:
-    """Options from the user's settings (the command line's and the Python API's), checked."""
+                 limit_rate: float | None = None, key: bytes | None = None, encrypt: bool = True,
+                 redundant: bool = False) -> Options:
+    """Options from the user's settings (the command line's and the Python API's), checked. `redundant`: the
+    dialler's --redundant (a listener follows what the dialler's HELLO asks)."""
     if not MIN_CHUNK <= chunk <= MAX_CHUNK:
         raise UsageError("--chunk must be between 64K and 1M")
     if not MIN_WINDOW_CHUNKS * chunk <= window <= MAX_WINDOW:
@@ -49,7 +51,7 @@ def make_options(*, window: int, chunk: int, dead_after: float, path_timeout: fl
     if path_timeout <= 0 or dead_after <= 0:
         raise UsageError("--path-timeout and --dead-after must be positive")
     session = SessionConfig(window=window, send_cap=window, max_chunk=chunk, dead_after=dead_after,
-                            path_timeout=path_timeout,
+                            path_timeout=path_timeout, redundant=redundant,
                             scheduler=SchedulerConfig(max_quota=max(chunk, window // 2)))  # its chunk: the session's
     runner = RunnerConfig(limit_rate=limit_rate)
     return Options(key=key, encrypt=encrypt, session=session, runner=runner)

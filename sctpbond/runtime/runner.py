@@ -141,8 +141,9 @@ class SessionRunner:
         self._wake()
 
     # -- paths ----------------------------------------------------------------------------------------------------
-    def attach(self, pid: int, channel: Channel) -> None:
-        """A channel finished its handshake for path pid (new path, or a re-join replacing a dead one)."""
+    def attach(self, pid: int, channel: Channel, backup: bool = False) -> None:
+        """A channel finished its handshake for path pid (new path, or a re-join replacing a dead one);
+        `backup`: the dialler's HELLO made it a backup path."""
         old = None
         with self.lock:
             if self._closing:
@@ -155,7 +156,7 @@ class SessionRunner:
             self._send_conds.setdefault(pid, threading.Condition(self.lock))
             self._users[channel] = 2
             channel.set_send_stall(self.session.config.dead_after)
-            self.session.add_path(pid, self.clock(), channel.label, channel.max_frame)
+            self.session.add_path(pid, self.clock(), channel.label, channel.max_frame, backup)
             self._wake()
         if old is not None:
             old.abort()

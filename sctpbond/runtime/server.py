@@ -14,6 +14,7 @@ can be, and the listener keeps waiting for its real peer, one-shot or not.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -237,7 +238,9 @@ class Server:
             info = SessionInfo(self.started, channel.remote)
         endpoint: Endpoint | None = None
         try:
-            session = Session(self.options.session, peer_window=neg.peer_window,
+            # The dialler's HELLO decides --redundant for both directions.
+            config = dataclasses.replace(self.options.session, redundant=neg.redundant)
+            session = Session(config, peer_window=neg.peer_window,
                               peer_max_chunk=neg.peer_max_chunk, now=time.monotonic())
             endpoint = self.endpoints(info)
             runner = SessionRunner(session, endpoint=endpoint, config=self.options.runner)
@@ -264,7 +267,7 @@ class Server:
                 self._first = served
         where = f" ({endpoint.label})" if endpoint.label else ""
         LOG.info(f"session {info.number} started by {channel.remote[0]} over {channel.transport}{where}")
-        runner.attach(neg.path_id, channel)
+        runner.attach(neg.path_id, channel, neg.backup)
         runner.start()  # data flows from now on; run() (in _serve) waits for the end
         if self.keep_open:
             threading.Thread(target=self._serve, args=(served,), name=f"session-{info.number}", daemon=True).start()
@@ -287,9 +290,9 @@ class Server:
             channel.abort()
             channel.close()
             return
-        joined.runner.attach(neg.path_id, channel)
+        joined.runner.attach(neg.path_id, channel, neg.backup)
         LOG.info(f"path {neg.path_id} of session {joined.number} joined from {channel.remote[0]} "
-                 f"over {channel.transport}")
+                 f"over {channel.transport}" + (" (backup)" if neg.backup else ""))
 
     def _serve(self, served: Served) -> None:
         """Run one session to its end, release its endpoint and forget it; never raises."""

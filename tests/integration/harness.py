@@ -243,3 +243,50 @@ class GrowthSampler:
         if first is None or last is None or last[0] <= first[0]:
             raise AssertionError(f"no samples between {lo} and {hi} bytes: {self.samples}")
         return (last[1] - first[1]) * 8 / (last[0] - first[0]) / 1e6
+
+
+BLOCKS = Path(__file__).with_name("blocks.py")  # the timestamped live stream
+
+
+@dataclass(frozen=True)
+class LiveStream:
+    late_ms: list[float]  # each block's lateness, from a second before the fault on
+    blocks: int  # every block the reader checked
+
+
+def live_stream(net: Network, tmp: Path, *, args: Sequence[str], fault, rate_mbit: float, seconds: float,
+                fault_after: float, timeout: float = 60.0) -> LiveStream:
+    """`blocks.py write` into `sctpbond connect ARGS` in host a, `sctpbond listen | blocks.py read` in host b; once
+    the first block has arrived and `fault_after` seconds more have passed, `fault()`. Asserts both exit codes,
+    the reader's check of every block, and that no block is missing."""
+    port = free_port()
+    report, rcs = tmp / f"report-{port}.json", tmp / f"rc-{port}"
+    started = Path(f"{report}.started")
+    transport = [a for a in args if a in ("-t", "tcp", "sctp")][:2]
+    listen = f"{' '.join(SCTPBOND)} listen {' '.join(transport)} -p {port} -q | {sys.executable} {BLOCKS} read {report}"
+    listener = net.popen("b", ["bash", "-c", f'{listen}; echo "${{PIPESTATUS[@]}}" > {rcs}'],
+                         stderr=subprocess.PIPE, text=True)
+    client = None
+    try:
+        wait_listening(net, "b", port, timeout=120)
+        connect = (f"{sys.executable} {BLOCKS} write {rate_mbit} {seconds} | {' '.join(SCTPBOND)} connect -q "
+                   f"{' '.join(args)} -p {port}")
+        client = net.popen("a", ["bash", "-o", "pipefail", "-c", connect], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert client.poll() is None and time.monotonic() < deadline, "the stream never started"
+            time.sleep(0.05)
+        time.sleep(fault_after)
+        fault_at = time.monotonic_ns()
+        fault()
+        _, cerr = client.communicate(timeout=timeout + seconds)
+        _, lerr = listener.communicate(timeout=30)
+    finally:
+        stop(client, listener)
+    assert client.returncode == 0, cerr
+    assert rcs.read_text().split() == ["0", "0"], (rcs.read_text(), lerr)  # the listener, and every block right
+    got = json.loads(report.read_text())
+    assert got["blocks"] == int(seconds / (64 * 1024 * 8 / (rate_mbit * 1e6))), got["blocks"]  # none missing
+    late = [ms for t, ms in zip(got["sent_ns"], got["late_ms"], strict=True) if t >= fault_at - 1_000_000_000]
+    assert late, "the stream ended before the fault"
+    return LiveStream(late, got["blocks"])

@@ -165,6 +165,7 @@ class Sim:
     write_block: int | None = None  # write whole blocks of this size once they fit (the runner's input pump)
     wake_fallback: float = 0.25  # the runner's cond.wait(0.25)
     config_b: SessionConfig | None = None
+    backup: frozenset[int] = frozenset()  # path ids the dialler made backups (--backup), on both sides
     on_receive: Callable[[Sim, str, int, object], None] | None = None  # observer after each delivered frame
     on_send: Callable[[Sim, str, int, object], None] | None = None  # observer after a frame is put on a link
     now: float = field(init=False)
@@ -179,8 +180,8 @@ class Sim:
         self.receiver_of = {AB: self.b, BA: self.a}
         self.pids = list(range(len(self.paths)))
         for pid in self.pids:
-            self.a.add_path(pid, self.now)
-            self.b.add_path(pid, self.now)
+            self.a.add_path(pid, self.now, backup=pid in self.backup)
+            self.b.add_path(pid, self.now, backup=pid in self.backup)
         self.links = {(d, pid): Link(spec, self.rng) for pid, spec in enumerate(self.paths) for d in (AB, BA)}
         # apps[AB] is a's application (it writes data_ab); apps[BA] is b's
         self.apps = {
@@ -233,8 +234,9 @@ class Sim:
         self.killed.pop(pid, None)
         self.blackholed.pop(pid, None)
         server, client_s = (self.b, self.a) if client == "a" else (self.a, self.b)
-        server.add_path(pid, now)
-        self.at(now + self.paths[pid].delay, lambda t: client_s.add_path(pid, t))
+        backup = pid in self.backup
+        server.add_path(pid, now, backup=backup)
+        self.at(now + self.paths[pid].delay, lambda t: client_s.add_path(pid, t, backup=backup))
 
     def blackhole(self, pid: int, now: float) -> None:
         """From now on every frame on this path vanishes, in both directions; nobody is told."""

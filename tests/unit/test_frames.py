@@ -429,7 +429,7 @@ def test_hello_unknown_kind() -> None:
         decode(wire)
 
 
-@pytest.mark.parametrize("flags", [0x0002, 0x0004, 0x0007, 0x8000, 0xFFFF])
+@pytest.mark.parametrize("flags", [0x0002, 0x0006, 0x0010, 0x0017, 0x8000, 0xFFFF])
 def test_hello_invalid_flags(flags: int) -> None:
     """Unknown bits, and encryption asked for without a key, are refused."""
     wire = HELLO_WIRE[:14] + flags.to_bytes(2, "big") + HELLO_WIRE[16:]
@@ -437,9 +437,16 @@ def test_hello_invalid_flags(flags: int) -> None:
         decode(wire)
 
 
-@pytest.mark.parametrize("flags", [0x0000, 0x0001, 0x0003])
+def test_hello_redundant_only_on_new() -> None:
+    """The session's mode is set once, by the HELLO that creates it: a JOIN asking for it is refused."""
+    wire = HELLO_WIRE[:13] + b"\x01" + (0x0008).to_bytes(2, "big") + HELLO_WIRE[16:]
+    with pytest.raises(RemoteProtocolError, match="flags"):
+        decode(wire)
+
+
+@pytest.mark.parametrize("flags", [0x0000, 0x0001, 0x0003, 0x0004, 0x0008, 0x000F])
 def test_hello_valid_flags(flags: int) -> None:
-    wire = HELLO_WIRE[:14] + flags.to_bytes(2, "big") + HELLO_WIRE[16:]
+    wire = HELLO_WIRE[:13] + b"\x00" + flags.to_bytes(2, "big") + HELLO_WIRE[16:]  # NEW (redundant is NEW only)
     hello = decode(wire)
     assert isinstance(hello, Hello) and hello.flags == flags
     assert encode(hello) == wire

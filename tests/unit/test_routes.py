@@ -220,5 +220,5 @@ def test_hostnames_expand_to_one_path_per_address(monkeypatch):
         (("10.77.0.2", 7400), None, True), (("10.77.1.2", 7400), None, True), (("2001:db8::2", 7400), None, True),
         (("10.77.2.2", 7300), None, False), (("10.77.3.2", 7300), "10.77.3.1", False)]
     assert paths[1].why == "hostb resolves to it, address 2 of 3"
-    v4 = expand_hostnames([PathSpec(("hostb", 7300))], ipv4_only=True)
-    assert [p.remote[0] for p in v4] == ["10.77.0.2", "10.77.1.2"]
+    backup = expand_hostnames([PathSpec(("hostb", 7300), backup=True)])
+    assert [p.backup for p in backup] == [True, True, True]  # each address of a backup name is a backup
