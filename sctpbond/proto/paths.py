@@ -57,6 +57,11 @@ class PathState:
     _sample_rx: int = field(default=0, repr=False)
 
     @property
+    def in_service(self) -> bool:
+        """Alive and heard from lately: it may take data (stale: silent with data outstanding)."""
+        return self.alive and not self.stale
+
+    @property
     def in_flight(self) -> int:
         return self.sent - self.peer_received
 

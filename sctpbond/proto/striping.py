@@ -42,10 +42,10 @@ class Striper:
     @property
     def regular_up(self) -> bool:
         """A regular (not backup) path is alive and not stale: backups stay idle."""
-        return any(p.alive and not p.stale and not p.backup for p in self.paths.values())
+        return any(p.in_service and not p.backup for p in self.paths.values())
 
     def may_carry(self, path: PathState) -> bool:
-        return path.alive and not path.stale and (not path.backup or not self.regular_up)
+        return path.in_service and (not path.backup or not self.regular_up)
 
     def ready(self, path: PathState) -> bool:
         """The path could take data now (a wake for it would not be wasted)."""
@@ -60,7 +60,7 @@ class Striper:
             for chunk in self.sendbuf.iter_unacked():
                 if chunk.path == pid and chunk.copy_path != pid:
                     partner = self.paths.get(chunk.copy_path)
-                    if partner is not None and partner.alive and not partner.stale:
+                    if partner is not None and partner.in_service:
                         chunk.path, chunk.copy_path = partner.id, pid
         return self.sendbuf.requeue_path(pid)
 
@@ -125,7 +125,7 @@ class Striper:
             if chunk.sends > 1 or chunk.queued or chunk.path == path.id:
                 continue
             owner = self.paths.get(chunk.path)
-            if owner is not None and owner.alive and not owner.stale and 2 * owner.rate >= path.rate:
+            if owner is not None and owner.in_service and 2 * owner.rate >= path.rate:
                 continue  # its own path is not much slower: it will arrive about as soon
             chunk.path, chunk.sends = path.id, chunk.sends + 1
             return self._resend(path, chunk, now)
